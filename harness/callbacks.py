@@ -1,0 +1,131 @@
+"""Keras callbacks that make up the harness's per-step and per-epoch work.
+
+Order matters and is fixed by ``trainer.callbacks_for``: Horovod's broadcast
+and metric averaging first, so every later callback sees the same averaged
+numbers on every rank and takes the same decisions (stop, checkpoint).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from harness import checkpoint, overfitting
+from harness.lr import rate_at
+from harness.throughput import Throughput
+
+
+class ScheduledRate(tf.keras.callbacks.Callback):
+    """Sets the optimizer's rate before each step: warm-up ramp, then the scaled rate."""
+
+    def __init__(self, base: float, target: float, warmup_epochs: float, steps: int):
+        super().__init__()
+        self.base, self.target, self.warmup, self.steps = base, target, warmup_epochs, steps
+        self.epoch = 0
+        self.current = target
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        rate = rate_at(self.epoch + batch / self.steps, self.base, self.target, self.warmup)
+        if rate != self.current or batch == 0:
+            tf.keras.backend.set_value(self.model.optimizer.lr, rate)
+            self.current = rate
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["lr"] = float(self.current)
+
+
+class EpochClock(tf.keras.callbacks.Callback):
+    """Epoch wall time and training throughput over all processes, first step excluded."""
+
+    def __init__(self, global_batches: np.ndarray, processes: int):
+        super().__init__()
+        self.cumulative = np.cumsum(global_batches)
+        self.processes = processes
+        self.first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+        # In the first epoch the first step traces and compiles the graph: leave it out.
+        self.meter = Throughput(warmup_steps=2 if self.first_epoch else 1, processes=self.processes)
+        self.meter.update(self.started, 0)
+        self.first_epoch = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.meter.update(time.perf_counter(), int(self.cumulative[batch]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["time/epoch_s"] = time.perf_counter() - self.started
+        logs.update(self.meter.compute())
+
+
+class OverfitWatch(tf.keras.callbacks.Callback):
+    """Keeps the epoch history, the best weights, and (optionally) stops on overfitting."""
+
+    def __init__(self, history: list, patience: int, early_stopping: bool):
+        super().__init__()
+        self.history, self.patience, self.early_stopping = history, patience, early_stopping
+        self.best_weights = None
+        self.stopped_at: Optional[int] = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "val_loss" in logs:
+            logs["generalization_gap"] = logs["val_loss"] - logs["loss"]
+        self.history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        if overfitting.best_epoch(self.history) == len(self.history) - 1:
+            self.best_weights = self.model.get_weights()
+        if self.early_stopping and overfitting.overfitting_epoch(self.history, self.patience):
+            self.stopped_at = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_at is not None and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def format_epoch(epoch: int, total: int, logs: dict) -> str:
+    """One readable progress line."""
+    parts = [f"epoch {epoch + 1:>{len(str(total))}}/{total}"]
+    for key in ("loss", "val_loss"):
+        if key in logs:
+            parts.append(f"{key} {logs[key]:.4f}")
+    for key, value in sorted(logs.items()):
+        if key in ("loss", "val_loss", "lr", "generalization_gap") or "/" in key:
+            continue
+        parts.append(f"{key} {value:.4f}")
+    parts.append(f"lr {logs.get('lr', float('nan')):.2e}")
+    parts.append(f"{logs.get('time/epoch_s', 0.0):.1f}s")
+    if "throughput/samples_per_sec" in logs:
+        parts.append(f"{logs['throughput/samples_per_sec']:.0f} samples/s")
+    return "  ".join(parts)
+
+
+class Reporter(tf.keras.callbacks.Callback):
+    """Rank 0: one line per epoch on stdout and the epoch's metrics to the tracker."""
+
+    def __init__(self, tracker, total_epochs: int, out=sys.stdout):
+        super().__init__()
+        self.tracker, self.total, self.out = tracker, total_epochs, out
+
+    def on_epoch_end(self, epoch, logs=None):
+        print(format_epoch(epoch, self.total, logs), file=self.out, flush=True)
+        self.tracker.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+
+class Checkpointer(tf.keras.callbacks.Callback):
+    """Rank 0: atomic checkpoint every N epochs and after the last one."""
+
+    def __init__(self, directory: Path, every: int, total: int, make_state: Callable):
+        super().__init__()
+        self.directory, self.every, self.total, self.make_state = directory, every, total, make_state
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every == 0 or done == self.total or self.model.stop_training:
+            checkpoint.save(self.directory, self.model, self.model.optimizer, self.make_state(done))

@@ -1,0 +1,148 @@
+"""Atomic checkpoints: model, optimizer state, epoch and history, written by rank 0.
+
+Each checkpoint is a folder ``epoch-NNNNN`` written under a temporary name and
+renamed into place, then ``latest.json`` is replaced atomically to point at
+it: a crash at any moment leaves the previous checkpoint intact.  The MLflow
+run id lives in ``latest.json`` too, so a resumed job continues the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from harness.errors import UserError
+
+POINTER = "latest.json"
+FORMAT = 1
+
+
+@dataclass
+class CheckpointState:
+    """What a checkpoint records besides the weights."""
+
+    epoch: int  # epochs completed
+    history: list = field(default_factory=list)  # one metrics dict per completed epoch
+    run_id: Optional[str] = None
+    signature: str = ""  # model layout: shapes of every weight, to refuse a different model
+    extra: dict = field(default_factory=dict)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_signature(model) -> str:
+    return ";".join(f"{w.name}:{tuple(w.shape)}" for w in model.weights)
+
+
+def _tf_checkpoint(model, optimizer):
+    import tensorflow as tf
+    return tf.train.Checkpoint(model=model, optimizer=optimizer)
+
+
+def save(directory: Path, model, optimizer, state: CheckpointState, keep: int = 2) -> Path:
+    """Write checkpoint for ``state.epoch`` and point ``latest.json`` at it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"epoch-{state.epoch:05d}"
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-epoch-{state.epoch:05d}-"))
+    try:
+        _tf_checkpoint(model, optimizer).write(str(tmp / "weights"))
+        meta = {"format": FORMAT, "epoch": state.epoch, "history": state.history,
+                "run_id": state.run_id, "signature": state.signature, "extra": state.extra}
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pointer = {"format": FORMAT, "checkpoint": final.name, "epoch": state.epoch,
+               "run_id": state.run_id}
+    atomic_write_text(directory / POINTER, json.dumps(pointer))
+    _prune(directory, keep)
+    return final
+
+
+def _prune(directory: Path, keep: int) -> None:
+    old = sorted(p for p in directory.glob("epoch-*") if p.is_dir())[:-keep]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_pointer(directory: Path) -> Optional[dict]:
+    """The ``latest.json`` content, None when no checkpoint was ever written here."""
+    path = directory / POINTER
+    if not path.exists():
+        return None
+    try:
+        pointer = json.loads(path.read_text())
+        if pointer.get("format") != FORMAT or "checkpoint" not in pointer:
+            raise ValueError(f"format {pointer.get('format')!r}")
+        return pointer
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: corrupt checkpoint pointer ({e}); restore it or move the "
+                        "folder away to start from zero") from None
+
+
+def read_state(directory: Path) -> Optional[CheckpointState]:
+    """The latest checkpoint's metadata (no TensorFlow needed), None if there is none."""
+    pointer = read_pointer(directory)
+    if pointer is None:
+        return None
+    meta_path = directory / pointer["checkpoint"] / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, OSError) as e:
+        raise UserError(f"{meta_path}: corrupt checkpoint ({e}); restore it or move "
+                        f"{directory} away to start from zero") from None
+    return CheckpointState(epoch=meta["epoch"], history=meta.get("history", []),
+                           run_id=meta.get("run_id"), signature=meta.get("signature", ""),
+                           extra=meta.get("extra", {}))
+
+
+def restore(directory: Path, model, optimizer) -> CheckpointState:
+    """Load the latest checkpoint into ``model`` and ``optimizer``; clear errors otherwise."""
+    state = read_state(directory)
+    if state is None:
+        raise UserError(f"{directory}: no checkpoint to resume from")
+    folder = directory / read_pointer(directory)["checkpoint"]
+    if state.signature and state.signature != model_signature(model):
+        raise UserError(f"{folder}: incompatible checkpoint: it holds a different model "
+                        "(weight names or shapes differ); use another checkpoint.dir to start anew")
+    try:
+        status = _tf_checkpoint(model, optimizer).read(str(folder / "weights"))
+        status.assert_existing_objects_matched()
+    except Exception as e:  # TF raises several unrelated types for a damaged file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{folder}: corrupt or incompatible checkpoint ({first}); restore it or "
+                        "use another checkpoint.dir to start anew") from None
+    return state
+
+
+def plan_resume(directory: Path, resume: bool) -> Optional[CheckpointState]:
+    """What to start from: the latest checkpoint with --resume, nothing otherwise.
+
+    Without --resume an existing checkpoint is never overwritten silently;
+    with --resume and no checkpoint yet (a first SLURM start) training starts at 0.
+    """
+    state = read_state(directory)
+    if state is not None and not resume:
+        raise UserError(f"checkpoint.dir={str(directory)!r} holds a checkpoint at epoch {state.epoch}; "
+                        "pass --resume to continue it, or set checkpoint.dir elsewhere to start anew")
+    return state

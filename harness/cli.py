@@ -1,0 +1,126 @@
+"""The ``harness`` command.  Its flag set is pinned by tests/test_cli_flags.py.
+
+Exit codes: 0 success; 2 bad input (one line on stderr, no traceback, nothing
+written); 1 a run that failed; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from harness.errors import RunFailed, UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit code 2."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _spec_args(parser) -> None:
+    parser.add_argument("spec", help="the job's YAML spec, e.g. jobs/diabetes_mlp.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field, e.g. --set training.epochs=3 (repeatable)")
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="harness", description="Data-parallel Keras training on "
+                           "Horovod, tracked in MLflow, on a workstation or a SLURM cluster.")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=OneLineParser)
+
+    p = verbs.add_parser("validate", help="check a spec and print it resolved")
+    _spec_args(p)
+
+    p = verbs.add_parser("run", help="train on N local processes")
+    _spec_args(p)
+    p.add_argument("--np", type=int, default=None,
+                   help="processes (default: one per local GPU, or 1 without a GPU)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    p = verbs.add_parser("report", help="print a run's summary from MLflow")
+    p.add_argument("run_id")
+
+    p = verbs.add_parser("tracking", help="the MLflow tracking server")
+    sub = p.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    serve = sub.add_parser("serve", help="start mlflow server with cluster defaults")
+    serve.add_argument("--backend", default=None, help="sqlite:///PATH or postgresql://...")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--artifacts", default=None, help="artifact directory")
+    serve.add_argument("--auth", action="store_true", help="MLflow basic-auth app")
+    imp = sub.add_parser("import", help="send a fallback file's metrics to MLflow")
+    imp.add_argument("file")
+    return parser
+
+
+def cmd_validate(args) -> int:
+    from harness.loader import load_spec
+    from harness.spec import describe
+    spec = load_spec(args.spec, args.overrides)
+    print(yaml.safe_dump(describe(spec), sort_keys=False), end="")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from harness import checkpoint, launcher
+    from harness.jobs import resolve_job
+    from harness.loader import load_spec
+    from tracking import check_reachable
+
+    spec = load_spec(args.spec, args.overrides)
+    processes = args.np if args.np is not None else max(1, launcher.local_gpu_count())
+    if not 1 <= processes <= 256:
+        raise UserError(f"--np {processes}: use 1..256 processes")
+    checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # refuse to clobber, before starting
+    check_reachable(spec)
+    job = resolve_job(spec.job, Path(spec.spec_path).parent)
+    if hasattr(job, "prepare_data"):
+        job.prepare_data(spec.data)  # once, before the processes start: they all read the cache
+    worker = launcher.worker_command(args.spec, args.overrides, args.resume)
+    return launcher.run_processes(processes, worker)
+
+
+def cmd_report(args) -> int:
+    from tracking.summary import print_report
+    return print_report(args.run_id)
+
+
+def cmd_tracking(args) -> int:
+    if args.action == "serve":
+        from tracking.server import serve
+        return serve(args.backend, args.host, args.port, args.artifacts, args.auth)
+    from tracking.mlflow_tracker import MlflowClient, import_fallback
+    from tracking.run import tracking_uri
+    path = Path(args.file)
+    if not path.is_file():
+        raise UserError(f"{path}: fallback file not found")
+    sent = import_fallback(path, MlflowClient(tracking_uri()))
+    print(f"imported {sent} metric values into {tracking_uri()}")
+    return 0
+
+
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "report": cmd_report,
+            "tracking": cmd_tracking}
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.verb](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except RunFailed as e:
+        print(f"run failed: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Per-process start-up: join Horovod, check SLURM agrees, pin a device, seed everything."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from harness.slurm_env import SlurmEnvironment
+
+
+@dataclass(frozen=True)
+class ProcessContext:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    device: str  # "GPU ..." or "CPU"
+    slurm: SlurmEnvironment
+    hosts: tuple = ()  # every process's host name, deduplicated
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+def _pin_device(local_rank: int) -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        # local_rank % len(gpus): with --gpus-per-task=1 each task sees one GPU.
+        gpu = gpus[local_rank % len(gpus)]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+        return f"GPU {gpu.name}"
+    # On the CPU, processes share the cores: one intra-op thread each avoids oversubscription.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    return "CPU"
+
+
+def init_process(seed: int) -> ProcessContext:
+    """hvd.init(), SLURM cross-check, device pinning and seeding, in that order."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    hvd.init()
+    slurm = SlurmEnvironment.from_env()
+    slurm.cross_check(hvd.size(), hvd.local_rank())
+    device = _pin_device(hvd.local_rank())
+    # Same seed on every rank: identical initial weights even before the broadcast.
+    tf.keras.utils.set_random_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    hosts = tuple(sorted(set(hvd.allgather_object(socket.gethostname()))))
+    return ProcessContext(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+                          local_size=hvd.local_size(), device=device, slurm=slurm, hosts=hosts)

@@ -1,0 +1,72 @@
+"""Finding a job's module and what the harness expects of it.
+
+A job is one readable Python file beside its YAML spec.  It provides:
+
+``Data``
+    a frozen dataclass for the spec's ``data:`` section (validated like the rest).
+``load_data(data, seed) -> Splits``
+    the whole data set as NumPy arrays; the harness shards it by rank.
+``build_model(data) -> keras.Model``
+    the model, not compiled; ``LOSS`` and ``METRICS`` say how it is trained.
+``prepare_data(data)`` (optional)
+    run once, before the processes start (simulate or download into a cache).
+``evaluate(model, splits) -> dict`` (optional)
+    final figures on held-out data (for example test accuracy, ROC AUC), rank 0 only.
+
+Job modules import TensorFlow inside their functions so that validating a
+spec stays fast and never needs TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import numpy as np
+
+from harness.errors import UserError
+
+REQUIRED = ("Data", "load_data", "build_model", "LOSS")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Training, validation and (optional) held-out test arrays."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: Optional[np.ndarray] = None
+    y_test: Optional[np.ndarray] = None
+
+
+def resolve_job(job: str, spec_dir: Path) -> ModuleType:
+    """Import ``job``: a ``.py`` path (relative to the spec's folder) or a dotted module."""
+    if job.endswith(".py"):
+        path = (spec_dir / job).resolve()
+        if not path.is_file():
+            raise UserError(f"job={job!r}: no such file {path}; give a .py path relative to the spec "
+                            "or a module name such as jobs.diabetes_mlp")
+        module_name = f"harness_job_{path.stem}"
+        if module_name in sys.modules:
+            return sys.modules[module_name]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(job)
+        except ImportError as e:
+            raise UserError(f"job={job!r}: cannot import it ({e}); give a .py path relative to "
+                            "the spec or an importable module") from None
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise UserError(f"job={job!r}: the job module lacks {', '.join(missing)}; "
+                        f"a job defines {', '.join(REQUIRED)} (see harness/jobs.py)")
+    return module

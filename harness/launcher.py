@@ -1,0 +1,116 @@
+"""Start N local training processes and watch them (``harness run``).
+
+One process runs the worker directly; more go through ``horovodrun --gloo``,
+which stops every process as soon as one fails.  The launcher relays rank 0's
+lines as they come (other ranks' lines with a ``[rank N]`` prefix) and turns
+horovodrun's failure report into one line naming the rank that failed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+_PREFIX = re.compile(r"^\[(\d+)\]<(stdout|stderr)>:(.*)$")
+_FIRST_FAILED = re.compile(r"^Process name: \S*?(\d+)\]?\s*$")
+_FAILED_CODE = re.compile(r"^Exit code: (-?\d+)")
+
+
+def local_gpu_count() -> int:
+    """GPUs NVML sees on this machine; 0 without a driver."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # NVMLError (no driver) or a library mismatch: no GPU for us
+        return 0
+
+
+def worker_command(spec_path: str, overrides: Sequence[str], resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "harness.worker", spec_path]
+    for override in overrides:
+        cmd += ["--set", override]
+    return cmd + (["--resume"] if resume else [])
+
+
+def launch_command(processes: int, worker: list[str]) -> list[str]:
+    if processes == 1:
+        return worker
+    horovodrun = str(Path(sys.executable).with_name("horovodrun"))
+    return [horovodrun, "--gloo", "-np", str(processes), "-H", f"localhost:{processes}", *worker]
+
+
+def worker_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class FailureReport:
+    """What horovodrun said about the first process to fail."""
+
+    rank: Optional[int] = None
+    code: Optional[int] = None
+    in_launcher_traceback: bool = False  # horovodrun's own RuntimeError: we say it in one line
+
+    def feed(self, line: str) -> None:
+        if line.startswith("Traceback"):
+            self.in_launcher_traceback = True
+        if (m := _FIRST_FAILED.match(line)) and self.rank is None:
+            self.rank = int(m.group(1))
+        elif (m := _FAILED_CODE.match(line)) and self.code is None:
+            self.code = int(m.group(1))
+
+    def describe(self, returncode: int) -> str:
+        if self.rank is None:
+            return f"training exited with code {returncode}"
+        code = self.code if self.code is not None else returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"rank {self.rank} failed first ({how}); the other ranks were stopped"
+
+
+def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
+    """Print a process's line: rank 0 as is, other ranks prefixed, horovodrun's own as is."""
+    m = _PREFIX.match(line)
+    if m is None:
+        report.feed(line)
+        if line.strip() and not report.in_launcher_traceback:
+            print(line, file=out, flush=True)
+        return
+    rank, text = int(m.group(1)), m.group(3)
+    print(text if rank == 0 else f"[rank {rank}] {text}", file=out, flush=True)
+
+
+def run_processes(processes: int, worker: list[str]) -> int:
+    """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted)."""
+    cmd = launch_command(processes, worker)
+    report = FailureReport()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=worker_env(), start_new_session=True, bufsize=1)
+    try:
+        for line in proc.stdout:
+            relay(line.rstrip("\n"), report)
+        returncode = proc.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C: let every process mark the run KILLED and exit, then make sure they are gone.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
+        return 130
+    if returncode != 0:
+        print(f"run failed: {report.describe(returncode)}", file=sys.stderr, flush=True)
+        return 1
+    return 0

@@ -1,0 +1,65 @@
+"""One training process from start to end: init, tracking, training, summary, run status."""
+from __future__ import annotations
+
+import sys
+import time
+from types import ModuleType
+
+from harness import checkpoint, overfitting, trainer
+from harness.distributed import init_process
+from harness.spec import JobSpec
+from tracking import open_tracker
+
+
+def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
+    started = time.time()
+    ctx = init_process(spec.training.seed)
+    state = checkpoint.plan_resume(spec.checkpoint_dir, resume)
+    if ctx.is_chief:
+        where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
+        print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
+    tracker = open_tracker(spec, ctx, state)
+    try:
+        outcome = trainer.train(spec, job, ctx, tracker, state)
+        if ctx.is_chief:
+            summarize(spec, outcome, tracker, time.time() - started)
+            if spec.tracking.log_model:
+                tracker.log_model(outcome.model)
+        tracker.finish("FINISHED")
+        return 0
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+        raise
+    except BaseException as e:
+        tracker.finish("FAILED", f"{type(e).__name__}: {e}"[:500])
+        raise
+
+
+def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float) -> None:
+    """The closing lines: final and best metrics, the verdict, where everything is."""
+    history = outcome.history
+    best = overfitting.best_epoch(history)
+    final_metrics = dict(outcome.final)
+    if best is not None:
+        final_metrics.update(best_epoch=best, best_val_loss=history[best]["val_loss"])
+    tracker.log_metrics(final_metrics, step=len(history))
+    verdict = overfitting.verdict(history, spec.training.patience)
+    tracker.set_tags({"overfitting": verdict})
+    tracker.log_summary(spec, history, final_metrics, verdict)
+    last = history[-1] if history else {}
+    out = sys.stdout
+    print(f"done: {len(history)} epochs in {seconds:.0f} s ({len(history) - outcome.start_epoch} this run)",
+          file=out)
+    if last:
+        print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items()
+                                     if k in ("loss", "val_loss", "accuracy", "val_accuracy",
+                                              "generalization_gap")), file=out)
+    if outcome.final:
+        print("held-out: " + "  ".join(f"{k} {v:.4f}" for k, v in outcome.final.items()), file=out)
+    print(f"verdict: {verdict}", file=out)
+    if outcome.stopped_early_at is not None:
+        print(f"early stopping at epoch {outcome.stopped_early_at + 1}; best weights restored", file=out)
+    print(f"checkpoints: {spec.checkpoint_dir.resolve()}", file=out)
+    if tracker.location:
+        print(f"tracking: {tracker.location}", file=out)
+    out.flush()

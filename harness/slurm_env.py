@@ -1,0 +1,69 @@
+"""A read-only view of the SLURM variables a job step sees, cross-checked with Horovod.
+
+A Gloo-only Horovod started by ``srun`` gives every task size 1: N separate
+trainings that each think they are alone.  ``cross_check`` turns that (and a
+rank/GPU mapping mix-up) into a loud failure with a hint.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from harness.errors import RunFailed
+
+
+def _int(env: Mapping[str, str], key: str) -> Optional[int]:
+    value = env.get(key)
+    return int(value) if value not in (None, "") and value.isdigit() else None
+
+
+@dataclass(frozen=True)
+class SlurmEnvironment:
+    job_id: Optional[str] = None
+    ntasks: Optional[int] = None
+    procid: Optional[int] = None
+    localid: Optional[int] = None
+    nodelist: Optional[str] = None
+    array_job_id: Optional[str] = None
+    array_task_id: Optional[str] = None
+    restart_count: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "SlurmEnvironment":
+        return cls(
+            job_id=env.get("SLURM_JOB_ID"),
+            ntasks=_int(env, "SLURM_NTASKS"),
+            procid=_int(env, "SLURM_PROCID"),
+            localid=_int(env, "SLURM_LOCALID"),
+            nodelist=env.get("SLURM_JOB_NODELIST"),
+            array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
+            array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
+            restart_count=_int(env, "SLURM_RESTART_COUNT") or 0,
+        )
+
+    @property
+    def in_step(self) -> bool:
+        """True inside an srun job step (tasks known), not merely inside an allocation."""
+        return self.job_id is not None and self.ntasks is not None and self.procid is not None
+
+    def cross_check(self, size: int, local_rank: int) -> None:
+        """Fail with a hint when Horovod's view disagrees with SLURM's."""
+        if not self.in_step:
+            return
+        if size != self.ntasks:
+            raise RunFailed(
+                f"hvd.size()={size} but SLURM_NTASKS={self.ntasks}: the processes did not join "
+                "one Horovod job. HINT: launch with srun --mpi=pmix and a Horovod built with MPI "
+                "(horovodrun --check-build shows [X] MPI), or with horovodrun inside the allocation")
+        if self.localid is not None and local_rank != self.localid:
+            raise RunFailed(
+                f"hvd.local_rank()={local_rank} but SLURM_LOCALID={self.localid}: ranks are mapped "
+                "to nodes differently from SLURM's tasks. HINT: use --ntasks-per-node equal to the "
+                "GPUs per node and do not mix srun and mpirun")
+
+    def tags(self) -> dict:
+        """MLflow tags for the run (only the ones that are set)."""
+        tags = {"slurm.job_id": self.job_id, "slurm.nodelist": self.nodelist,
+                "slurm.array_job_id": self.array_job_id, "slurm.array_task_id": self.array_task_id}
+        return {k: v for k, v in tags.items() if v}

@@ -1,0 +1,261 @@
+"""The job spec: a YAML file beside each job, loaded into frozen dataclasses.
+
+Each concern has its own dataclass; each component receives only its own
+sub-spec.  Valid keys, their types and defaults come from the dataclass
+fields themselves (never from a hand-kept list), so the error for an unknown
+key and `harness validate` can never drift from the code.
+
+Paths: a data file written in the YAML is relative to the YAML's folder; one
+given with ``--set`` is relative to the current directory, as on any command
+line.  ``checkpoint.dir`` is relative to the current directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from harness.errors import UserError
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
+LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+class FieldError(ValueError):
+    """Raised in ``__post_init__``; the loader adds the file and the dotted path."""
+
+    def __init__(self, name: str, value: Any, allowed: str):
+        super().__init__(f"{name}={value!r}: {allowed}")
+        self.name, self.value, self.allowed = name, value, allowed
+
+
+def doc(text: str, **extra: Any) -> dict:
+    """Field metadata: a one-line description with unit and allowed values."""
+    return {"doc": text, **extra}
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise FieldError(name, value, allowed)
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    epochs: int = field(default=10, metadata=doc("passes over the training set; 1..100000"))
+    batch_size: int = field(default=32, metadata=doc("samples per step per process; 1..65536"))
+    optimizer: str = field(default="adam", metadata=doc("one of " + ", ".join(OPTIMIZERS)))
+    learning_rate: float = field(default=1e-3, metadata=doc("base rate for one process; > 0"))
+    lr_scaling: str = field(
+        default="linear", metadata=doc("scale by the number of processes: linear, sqrt or none"))
+    warmup_epochs: float = field(
+        default=0.0, metadata=doc("epochs to ramp from the base to the scaled rate; >= 0"))
+    seed: int = field(default=42, metadata=doc("seeds Python, NumPy and TensorFlow; >= 0"))
+    early_stopping: bool = field(
+        default=False, metadata=doc("stop once overfitting is seen and restore the best weights"))
+    patience: int = field(
+        default=3, metadata=doc("epochs val_loss must rise while loss falls to call it overfitting"))
+
+    def __post_init__(self):
+        _require(1 <= self.epochs <= 100_000, "epochs", self.epochs, "use 1..100000")
+        _require(1 <= self.batch_size <= 65_536, "batch_size", self.batch_size, "use 1..65536")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer,
+                 "use one of " + ", ".join(OPTIMIZERS))
+        _require(0 < self.learning_rate <= 10, "learning_rate", self.learning_rate,
+                 "use a number in (0, 10]")
+        _require(self.lr_scaling in LR_SCALINGS, "lr_scaling", self.lr_scaling,
+                 "use one of " + ", ".join(LR_SCALINGS))
+        _require(0 <= self.warmup_epochs <= 1000, "warmup_epochs", self.warmup_epochs,
+                 "use 0..1000 epochs")
+        _require(self.seed >= 0, "seed", self.seed, "use an integer >= 0")
+        _require(1 <= self.patience <= 1000, "patience", self.patience, "use 1..1000")
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    dir: str = field(default="", metadata=doc("where checkpoints go; default runs/<name>/checkpoints"))
+    every_epochs: int = field(default=1, metadata=doc("epochs between checkpoints; >= 1"))
+
+    def __post_init__(self):
+        _require(self.every_epochs >= 1, "every_epochs", self.every_epochs, "use an integer >= 1")
+
+
+_SLURM_TIME = re.compile(
+    r"^(?:(?P<days>\d+)-(?P<dh>\d{1,2})(?::(?P<dm>\d{1,2})(?::(?P<ds>\d{1,2}))?)?"
+    r"|(?P<h>\d+):(?P<m>\d{1,2}):(?P<s>\d{1,2})|(?P<mm>\d+)(?::(?P<ss>\d{1,2}))?)$")
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds in a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]), None if malformed."""
+    m = _SLURM_TIME.match(text)
+    if not m:
+        return None
+    g = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    if "days" in g:
+        return ((g["days"] * 24 + g["dh"]) * 60 + g.get("dm", 0)) * 60 + g.get("ds", 0)
+    if "h" in g:
+        return (g["h"] * 60 + g["m"]) * 60 + g["s"]
+    return g["mm"] * 60 + g.get("ss", 0)
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    nodes: int = field(default=1, metadata=doc("nodes to allocate on SLURM; 1..64"))
+    gpus_per_node: int = field(default=1, metadata=doc("GPUs (= processes) per node; 0..16"))
+    partition: str = field(default="", metadata=doc("SLURM partition; empty: the cluster default"))
+    time: str = field(default="01:00:00", metadata=doc("time limit, HH:MM:SS or D-HH:MM:SS"))
+
+    def __post_init__(self):
+        _require(1 <= self.nodes <= 64, "nodes", self.nodes, "use 1..64")
+        _require(0 <= self.gpus_per_node <= 16, "gpus_per_node", self.gpus_per_node, "use 0..16")
+        _require(re.fullmatch(r"[A-Za-z0-9_.-]*", self.partition) is not None, "partition",
+                 self.partition, "use letters, digits, '_', '.', '-'")
+        seconds = slurm_time_seconds(self.time)
+        _require(seconds is not None and seconds > 0, "time", self.time,
+                 "use HH:MM:SS, D-HH:MM:SS or minutes, above zero")
+
+    @property
+    def time_seconds(self) -> int:
+        return slurm_time_seconds(self.time)
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    experiment: str = field(default="", metadata=doc("MLflow experiment; empty: the spec's name"))
+    required: bool = field(
+        default=True, metadata=doc("false: train on when the tracking server is unreachable"))
+    log_model: bool = field(default=False, metadata=doc("log the final model in Keras format"))
+    batch_metrics_every: int = field(
+        default=0, metadata=doc("also log batch loss every N steps; 0: off"))
+
+    def __post_init__(self):
+        _require(self.batch_metrics_every >= 0, "batch_metrics_every", self.batch_metrics_every,
+                 "use 0 (off) or a positive number of steps")
+
+
+@dataclass(frozen=True)
+class TelemetrySpec:
+    enabled: bool = field(default=True, metadata=doc("sample NVML/host metrics on each node"))
+    interval_s: float = field(default=1.0, metadata=doc("seconds between samples; 0.1..60"))
+
+    def __post_init__(self):
+        _require(0.1 <= self.interval_s <= 60, "interval_s", self.interval_s, "use 0.1..60 seconds")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str = field(metadata=doc("run name: letters, digits, '_', '-', '.'"))
+    job: str = field(metadata=doc("the job script (path relative to the spec) or module"))
+    data: Any = field(default=None, metadata=doc("the job's own data settings", nested="job"))
+    training: TrainingSpec = field(default_factory=TrainingSpec, metadata=doc("optimisation"))
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata=doc("checkpoints"))
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec, metadata=doc("SLURM request"))
+    tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata=doc("MLflow"))
+    telemetry: TelemetrySpec = field(default_factory=TelemetrySpec, metadata=doc("GPU telemetry"))
+    spec_path: str = field(default="", metadata=doc("set by the loader", internal=True))
+
+    def __post_init__(self):
+        _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", self.name or "") is not None,
+                 "name", self.name, "use 1-100 letters, digits, '_', '-', '.' (no spaces)")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir or f"runs/{self.name}/checkpoints")
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check a scalar against its annotated type; ints are accepted where floats are."""
+    ok = (isinstance(value, bool) if tp is bool else
+          isinstance(value, int) and not isinstance(value, bool) if tp is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
+          isinstance(value, str) if tp is str else True)
+    if not ok:
+        hint = "; quote it in YAML, e.g. \"01:00:00\"" if tp is str and isinstance(value, int) else ""
+        raise UserError(f"{path}={value!r}: expected {_type_name(tp)}{hint}")
+    return float(value) if tp is float else value
+
+
+def valid_keys(cls) -> str:
+    """'key (default), ...' for an error message, computed from the dataclass."""
+    parts = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        if f.default is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default):
+            parts.append(f"{f.name} (default {f.default!r})")
+        else:
+            parts.append(f.name)
+    return ", ".join(parts)
+
+
+def build(cls, raw: Any, path: str, resolve_file=None) -> Any:
+    """Build dataclass ``cls`` from a YAML mapping, naming ``path`` in every error."""
+    label = path or "spec"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{label}: expected a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(map(str, raw)) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise UserError(f"{where}{unknown[0]}: unknown key; valid keys in {label}: {valid_keys(cls)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = f"{path}.{name}" if path else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UserError(f"{dotted}: missing; it is required ({f.metadata.get('doc', '')})")
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build(tp, raw[name], dotted, resolve_file)
+        elif tp is Any:
+            kwargs[name] = raw[name]
+        else:
+            value = _coerce(raw[name], tp, dotted)
+            if f.metadata.get("file") and resolve_file and value:
+                value = resolve_file(dotted, value)
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except FieldError as e:
+        where = f"{path}." if path else ""
+        raise UserError(f"{where}{e.name}={e.value!r}: {e.allowed}") from None
+
+
+def describe(obj: Any) -> dict:
+    """The resolved spec as plain data (for printing, MLflow params and checkpoints)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = describe(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """{'training': {'epochs': 3}} -> {'training.epochs': 3}."""
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

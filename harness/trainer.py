@@ -1,0 +1,120 @@
+"""The data-parallel training of one job in one process (every rank runs this).
+
+Reads like Horovod's Keras example: data shard, model, distributed optimizer,
+callbacks, fit.  Rank-specific work (printing, checkpoints, tracking) sits in
+callbacks that only rank 0 gets, so the code here never branches on rank
+except to choose them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import horovod.tensorflow.keras as hvd
+import numpy as np
+import tensorflow as tf
+
+from harness import callbacks as cb
+from harness import checkpoint, sharding
+from harness.distributed import ProcessContext
+from harness.jobs import Splits
+from harness.lr import scaled_rate
+from harness.spec import JobSpec, TrainingSpec
+
+_OPTIMIZERS = {
+    # Legacy Keras optimizers: the ones Horovod 0.28's DistributedOptimizer wraps on TF 2.15.
+    "sgd": lambda lr: tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=0.9),
+    "adam": lambda lr: tf.keras.optimizers.legacy.Adam(learning_rate=lr),
+    "rmsprop": lambda lr: tf.keras.optimizers.legacy.RMSprop(learning_rate=lr),
+    "adagrad": lambda lr: tf.keras.optimizers.legacy.Adagrad(learning_rate=lr),
+    "adadelta": lambda lr: tf.keras.optimizers.legacy.Adadelta(learning_rate=lr),
+}
+
+
+@dataclass
+class Outcome:
+    """What a finished training hands back to the worker."""
+
+    history: list
+    start_epoch: int
+    final: dict = field(default_factory=dict)  # the job's held-out figures
+    stopped_early_at: Optional[int] = None
+    model: object = None
+
+
+def shard_dataset(x: np.ndarray, y: np.ndarray, ctx: ProcessContext, training: TrainingSpec,
+                  start_epoch: int) -> tuple[tf.data.Dataset, int]:
+    """This rank's shard, reshuffled each epoch, in exactly the same number of steps as every rank."""
+    shard = sharding.shard_indices(len(x), ctx.rank, ctx.size)
+    steps = sharding.steps_per_epoch(len(x), ctx.size, training.batch_size)
+    epoch = [start_epoch]
+
+    def batches():
+        # Called once per epoch by Keras (the dataset is finite), so it counts epochs itself.
+        for idx in sharding.epoch_batches(shard, steps, training.seed + ctx.rank, epoch[0]):
+            yield x[idx], y[idx]
+        epoch[0] += 1
+
+    signature = (tf.TensorSpec((None,) + x.shape[1:], tf.as_dtype(x.dtype)),
+                 tf.TensorSpec((None,) + y.shape[1:], tf.as_dtype(y.dtype)))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.prefetch(2), steps
+
+
+def validation_dataset(splits: Splits, ctx: ProcessContext) -> tf.data.Dataset:
+    """This rank's share of the validation set; Horovod averages the results."""
+    idx = sharding.shard_indices(len(splits.x_val), ctx.rank, ctx.size)
+    return tf.data.Dataset.from_tensor_slices((splits.x_val[idx], splits.y_val[idx])).batch(512)
+
+
+def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[tf.keras.Model, float]:
+    model = job.build_model(spec.data)
+    target = scaled_rate(spec.training.learning_rate, spec.training.lr_scaling, ctx.size)
+    optimizer = hvd.DistributedOptimizer(_OPTIMIZERS[spec.training.optimizer](target))
+    model.compile(optimizer=optimizer, loss=job.LOSS, metrics=list(getattr(job, "METRICS", ())))
+    return model, target
+
+
+def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
+          resume_state: Optional[checkpoint.CheckpointState]) -> Outcome:
+    splits: Splits = job.load_data(spec.data, spec.training.seed)
+    model, target_lr = compile_model(job, spec, ctx)
+    history, start = [], 0
+    if resume_state is not None:
+        # Every rank reads the checkpoint (it lives on a shared filesystem), so all start equal.
+        model.optimizer._create_all_weights(model.trainable_variables)
+        state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer)
+        history, start = list(state.history), state.epoch
+    train_ds, steps = shard_dataset(splits.x_train, splits.y_train, ctx, spec.training, start)
+    watch = cb.OverfitWatch(history, spec.training.patience, spec.training.early_stopping)
+    callbacks = callbacks_for(spec, ctx, tracker, watch, steps, len(splits.x_train), target_lr)
+    if start < spec.training.epochs:
+        model.fit(train_ds, validation_data=validation_dataset(splits, ctx), epochs=spec.training.epochs,
+                  initial_epoch=start, callbacks=callbacks, verbose=0)
+    final = job.evaluate(model, splits) if ctx.is_chief and hasattr(job, "evaluate") else {}
+    return Outcome(history=history, start_epoch=start, final=final,
+                   stopped_early_at=watch.stopped_at, model=model)
+
+
+def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.OverfitWatch,
+                  steps: int, n_train: int, target_lr: float) -> list:
+    t = spec.training
+    chain = [
+        # Start every rank from rank 0's weights (matters after a resume on one rank's files).
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        # Average metrics over ranks so every later callback decides the same on every rank.
+        hvd.callbacks.MetricAverageCallback(),
+        cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps),
+        cb.EpochClock(sharding.global_batch_sizes(n_train, ctx.size, steps), ctx.size),
+        watch,
+    ]
+    if ctx.is_chief:
+        chain.append(cb.Reporter(tracker, t.epochs))
+        chain.append(cb.Checkpointer(
+            spec.checkpoint_dir, spec.checkpoint.every_epochs, t.epochs,
+            lambda done: checkpoint.CheckpointState(
+                epoch=done, history=watch.history, run_id=tracker.run_id,
+                signature=checkpoint.model_signature(watch.model))))
+    return chain

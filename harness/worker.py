@@ -1,0 +1,57 @@
+"""Entry point of every training process: ``python -m harness.worker SPEC [--set k=v] [--resume]``.
+
+``harness run`` (through horovodrun) and the SLURM scripts (through srun)
+start this; users do not call it directly.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from harness.errors import RunFailed, UserError
+from harness.jobs import resolve_job
+from harness.loader import load_spec
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="harness.worker")
+    parser.add_argument("spec")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--resume", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _terminate_as_interrupt(signum, frame):
+    # SIGTERM (scancel, horovodrun tearing down) ends the run like Ctrl-C: recorded as KILLED.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    spec = load_spec(args.spec, args.overrides)
+    job = resolve_job(spec.job, Path(spec.spec_path).parent)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+
+    from harness import session  # imports TensorFlow and Horovod: after the cheap checks
+
+    return session.run_training(spec, job, resume=args.resume)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except RunFailed as e:
+        print(f"run failed: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)

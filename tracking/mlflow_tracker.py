@@ -1,0 +1,192 @@
+"""Rank 0's MLflow run: metrics batched off the training thread, nothing lost if the server goes.
+
+Training only ever puts metrics on a queue.  A background thread sends them
+with ``log_batch`` (at most 1000 per call, MLflow's limit), retrying with
+back-off while the server is down or slow.  Whatever is still unsent when
+the run ends goes to a local JSON-lines fallback file that
+``harness tracking import FILE`` sends later.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Mapping, Optional
+
+# MLflow's own HTTP retries would block for minutes on a dead server: the sender retries instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_PARAMS_PER_BATCH = 100
+FLUSH_EVERY_S = 1.0
+FINAL_FLUSH_S = 30.0
+
+
+class MetricSender(threading.Thread):
+    """Drains a queue of Metric objects into MLflow in batches; keeps them while it cannot."""
+
+    def __init__(self, client: MlflowClient, run_id: str, fallback: Path):
+        super().__init__(name="mlflow-sender", daemon=True)
+        self.client, self.run_id, self.fallback = client, run_id, fallback
+        self.queue: "queue.Queue[Metric]" = queue.Queue()
+        self.pending: list[Metric] = []
+        self.stopping = threading.Event()
+        self.failures = 0
+        self.last_error = ""
+
+    def run(self) -> None:
+        backoff = FLUSH_EVERY_S
+        while not self.stopping.is_set():
+            self._drain()
+            if self._send():
+                backoff = FLUSH_EVERY_S
+            else:
+                backoff = min(backoff * 2, 30.0)
+            self.stopping.wait(backoff)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.pending.append(self.queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _send(self) -> bool:
+        """Send what is pending; False (and keep it) on any failure."""
+        while self.pending:
+            chunk = self.pending[:MAX_METRICS_PER_BATCH]
+            try:
+                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            except Exception as e:  # any transport or server error: keep the metrics, retry later
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                return False
+            del self.pending[:len(chunk)]
+        return True
+
+    def close(self, deadline_s: float = FINAL_FLUSH_S) -> int:
+        """Stop, try to send the rest until the deadline; return how many went to the fallback."""
+        self.stopping.set()
+        self.join(timeout=deadline_s)
+        self._drain()
+        end = time.monotonic() + deadline_s
+        while self.pending and time.monotonic() < end and not self._send():
+            time.sleep(1.0)
+        if not self.pending:
+            return 0
+        write_fallback(self.fallback, self.run_id, self.pending)
+        return len(self.pending)
+
+
+def write_fallback(path: Path, run_id: str, metrics: list) -> None:
+    """Append unsent metrics as JSON lines (append: a run may fall back more than once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for m in metrics:
+            f.write(json.dumps({"run_id": run_id, "key": m.key, "value": m.value,
+                                "timestamp": m.timestamp, "step": m.step}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def import_fallback(path: Path, client: MlflowClient) -> int:
+    """Send a fallback file's metrics to MLflow, skipping (key, step) pairs already there."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    sent = 0
+    for run_id in sorted({r["run_id"] for r in rows}):
+        present = logged_steps(client, run_id)
+        todo = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in rows
+                if r["run_id"] == run_id and r["step"] not in present.get(r["key"], set())]
+        for i in range(0, len(todo), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=todo[i:i + MAX_METRICS_PER_BATCH], synchronous=True)
+        sent += len(todo)
+    return sent
+
+
+def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set]:
+    """{metric key: steps already logged} for a run."""
+    keys = client.get_run(run_id).data.metrics.keys()
+    return {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+
+
+class MlflowTracker:
+    """One MLflow run, driven by rank 0 only."""
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str, fallback: Path,
+                 already_logged: Optional[dict] = None):
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.already_logged = already_logged or {}
+        self.sender = MetricSender(client, run_id, fallback)
+        self.sender.start()
+        self.location = f"MLflow run {run_id} at {uri}"
+        self.finished = False
+
+    def log_params(self, params: Mapping) -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[i:i + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping) -> None:
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        except Exception as e:  # tags are descriptive: never fail training for them
+            print(f"tracking: could not set tags ({type(e).__name__}); continuing", flush=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if step in self.already_logged.get(key, ()):
+                continue  # logged before a crash or preemption: each step appears once
+            self.sender.queue.put(Metric(key, float(value), now, step))
+
+    def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
+        try:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as e:
+            print(f"tracking: could not upload {path} ({type(e).__name__}); it stays on disk",
+                  flush=True)
+
+    def log_summary(self, spec, history, final, verdict) -> None:
+        """Loss-curve PNG and HTML report, written beside the checkpoints and uploaded."""
+        from tracking import report
+        if not history:
+            return
+        folder = spec.checkpoint_dir.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        png = report.loss_curve_png(history, folder / "loss_curve.png", spec.name)
+        page = folder / "report.html"
+        page.write_text(report.html_report(spec.name, history, final, verdict, png))
+        self.log_artifact(png)
+        self.log_artifact(page)
+
+    def log_model(self, model) -> None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            model.save(path)
+            self.log_artifact(path, "model")
+
+    def finish(self, status: str, reason: str = "") -> None:
+        if self.finished:
+            return
+        self.finished = True
+        unsent = self.sender.close()
+        if unsent:
+            print(f"tracking: {unsent} metric values could not reach {self.uri} "
+                  f"({self.sender.last_error}); saved to {self.sender.fallback}. "
+                  f"Import them later with: harness tracking import {self.sender.fallback}",
+                  flush=True)
+        if reason:
+            self.set_tags({"failure_reason": reason})
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:
+            print(f"tracking: could not mark the run {status} ({type(e).__name__})", flush=True)

@@ -1,0 +1,104 @@
+"""Opening (or re-opening) a job's MLflow run and recording what a physicist needs to review it."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from harness.errors import UserError
+from harness.spec import JobSpec, describe, flatten
+from tracking import provenance
+from tracking.tracker import NullTracker
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite file in the working directory (never ./mlruns)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(spec: JobSpec) -> bool:
+    """False (or exit 2 when tracking is required) if the tracking server cannot be reached."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return True
+    from tracking.mlflow_tracker import MlflowClient
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+        return True
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        if spec.tracking.required:
+            raise UserError(f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({first}); "
+                            "start it (harness tracking serve), fix the URI, or set "
+                            "tracking.required=false to train without tracking") from None
+        print(f"tracking: {uri} unreachable ({first}); training without tracking "
+              "(tracking.required=false)", flush=True)
+        return False
+
+
+def open_tracker(spec: JobSpec, ctx, resume_state) -> object:
+    """Rank 0 gets the run's tracker; every other rank the do-nothing twin."""
+    if not ctx.is_chief or not check_reachable(spec):
+        return NullTracker()
+    from tracking.mlflow_tracker import MlflowClient, MlflowTracker, logged_steps
+
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    run_id = os.environ.get("MLFLOW_RUN_ID") or (resume_state.run_id if resume_state else None)
+    already = {}
+    if run_id:
+        already = logged_steps(client, run_id)
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = _create_run(client, spec, ctx)
+    fallback = spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl"
+    tracker = MlflowTracker(client, run_id, uri, fallback, already)
+    _record_start(tracker, spec, ctx, resume_state)
+    return tracker
+
+
+def _create_run(client, spec: JobSpec, ctx) -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or spec.experiment
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    tags = {"mlflow.runName": spec.name, "harness.job": spec.job, **ctx.slurm.tags()}
+    return client.create_run(experiment_id, run_name=spec.name, tags=tags).info.run_id
+
+
+def run_params(spec: JobSpec, ctx) -> dict:
+    from harness.lr import scaled_rate
+    t = spec.training
+    params = {f"spec.{k}": v for k, v in flatten(describe(spec)).items()}
+    params.update({
+        "processes": ctx.size, "batch_size.per_process": t.batch_size,
+        "batch_size.global": t.batch_size * ctx.size,
+        "lr.scaled": scaled_rate(t.learning_rate, t.lr_scaling, ctx.size), "lr.rule": t.lr_scaling,
+        "hosts": ",".join(ctx.hosts), "gpu_models": ",".join(provenance.gpu_models()) or "none",
+        "device": ctx.device,
+    })
+    params.update(provenance.versions())
+    params.update(provenance.git_state(Path(spec.spec_path).parent))
+    return params
+
+
+def _record_start(tracker, spec: JobSpec, ctx, resume_state) -> None:
+    tracker.log_params(run_params(spec, ctx))
+    tags = dict(ctx.slurm.tags())
+    if resume_state is not None:
+        tags["resumed_from_epoch"] = resume_state.epoch
+        tags["slurm.restart_count"] = ctx.slurm.restart_count
+    if tags:
+        tracker.set_tags(tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = Path(tmp) / "spec.resolved.yaml"
+        spec_file.write_text(yaml.safe_dump(describe(spec), sort_keys=False))
+        freeze = Path(tmp) / "pip-freeze.txt"
+        freeze.write_text(provenance.pip_freeze())
+        tracker.log_artifact(spec_file)
+        tracker.log_artifact(freeze)
+        script = os.environ.get("HARNESS_SBATCH_SCRIPT")
+        if script and Path(script).is_file():
+            tracker.log_artifact(script)
