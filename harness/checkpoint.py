@@ -48,7 +48,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def model_signature(model) -> str:
-    return ";".join(f"{w.name}:{tuple(w.shape)}" for w in model.weights)
+    """Shapes of every weight in order (names carry per-process counters, so they are left out)."""
+    return ";".join("x".join(map(str, w.shape)) for w in model.weights)
 
 
 def _tf_checkpoint(model, optimizer):
@@ -124,7 +125,7 @@ def restore(directory: Path, model, optimizer) -> CheckpointState:
     folder = directory / read_pointer(directory)["checkpoint"]
     if state.signature and state.signature != model_signature(model):
         raise UserError(f"{folder}: incompatible checkpoint: it holds a different model "
-                        "(weight names or shapes differ); use another checkpoint.dir to start anew")
+                        "(weight shapes differ); use another checkpoint.dir to start anew")
     try:
         status = _tf_checkpoint(model, optimizer).read(str(folder / "weights"))
         status.assert_existing_objects_matched()

@@ -54,3 +54,17 @@ def init_process(seed: int) -> ProcessContext:
     hosts = tuple(sorted(set(hvd.allgather_object(socket.gethostname()))))
     return ProcessContext(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
                           local_size=hvd.local_size(), device=device, slurm=slurm, hosts=hosts)
+
+
+def trainable_fingerprints(model) -> list[str]:
+    """SHA-1 of the trainable weights on every rank (rank order).
+
+    Data-parallel training must keep them bit-identical; a difference means
+    a rank missed a broadcast or an allreduce.  (Batch-norm statistics are
+    not trainable and legitimately differ per rank.)
+    """
+    import hashlib
+
+    import horovod.tensorflow as hvd
+    digest = hashlib.sha1(b"".join(w.numpy().tobytes() for w in model.trainable_weights))
+    return list(hvd.allgather_object(digest.hexdigest()))

@@ -72,6 +72,8 @@ def _file_resolver(spec_dir: Path, from_cli: set[str]):
         if not path.exists():
             raise UserError(f"{dotted}={value!r}: file not found ({path}); "
                             f"point it at your copy, for example --set {dotted}=/path/to/file")
+        if not path.is_file():
+            raise UserError(f"{dotted}={value!r}: not a file ({path}); give the file's path")
         if not os.access(path, os.R_OK):
             raise UserError(f"{dotted}={value!r}: file not readable ({path}); check its permissions")
         return str(path)

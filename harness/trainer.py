@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from harness import callbacks as cb
 from harness import checkpoint, sharding
-from harness.distributed import ProcessContext
+from harness.distributed import ProcessContext, trainable_fingerprints
+from harness.errors import RunFailed
 from harness.jobs import Splits
 from harness.lr import scaled_rate
 from harness.spec import JobSpec, TrainingSpec
@@ -63,8 +64,23 @@ def shard_dataset(x: np.ndarray, y: np.ndarray, ctx: ProcessContext, training: T
     return dataset.prefetch(2), steps
 
 
-def validation_dataset(splits: Splits, ctx: ProcessContext) -> tf.data.Dataset:
+def training_batches(job: ModuleType, spec: JobSpec, splits: Splits, ctx: ProcessContext,
+                     start_epoch: int) -> tuple[tf.data.Dataset, int, np.ndarray]:
+    """The training dataset, its steps per epoch and the samples per step over all ranks."""
+    n_train, batch = len(splits.x_train), spec.training.batch_size
+    if hasattr(job, "device_batches"):  # synthetic data made on the device: no input pipeline
+        steps = sharding.steps_per_epoch(n_train, ctx.size, batch)
+        dataset = job.device_batches(spec.data, batch, steps, spec.training.seed + ctx.rank)
+        return dataset, steps, np.full(steps, batch * ctx.size)
+    dataset, steps = shard_dataset(splits.x_train, splits.y_train, ctx, spec.training, start_epoch)
+    return dataset, steps, sharding.global_batch_sizes(n_train, ctx.size, steps)
+
+
+def validation_dataset(job: ModuleType, spec: JobSpec, splits: Splits,
+                       ctx: ProcessContext) -> tf.data.Dataset:
     """This rank's share of the validation set; Horovod averages the results."""
+    if hasattr(job, "device_batches"):
+        return job.device_batches(spec.data, spec.training.batch_size, 2, spec.training.seed + 10_000)
     idx = sharding.shard_indices(len(splits.x_val), ctx.rank, ctx.size)
     return tf.data.Dataset.from_tensor_slices((splits.x_val[idx], splits.y_val[idx])).batch(512)
 
@@ -87,19 +103,29 @@ def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
         model.optimizer._create_all_weights(model.trainable_variables)
         state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer)
         history, start = list(state.history), state.epoch
-    train_ds, steps = shard_dataset(splits.x_train, splits.y_train, ctx, spec.training, start)
+    train_ds, steps, per_step = training_batches(job, spec, splits, ctx, start)
     watch = cb.OverfitWatch(history, spec.training.patience, spec.training.early_stopping)
-    callbacks = callbacks_for(spec, ctx, tracker, watch, steps, len(splits.x_train), target_lr)
+    callbacks = callbacks_for(spec, ctx, tracker, watch, steps, per_step, target_lr)
     if start < spec.training.epochs:
-        model.fit(train_ds, validation_data=validation_dataset(splits, ctx), epochs=spec.training.epochs,
+        model.fit(train_ds, validation_data=validation_dataset(job, spec, splits, ctx), epochs=spec.training.epochs,
                   initial_epoch=start, callbacks=callbacks, verbose=0)
+    check_ranks_agree(model, ctx)
     final = job.evaluate(model, splits) if ctx.is_chief and hasattr(job, "evaluate") else {}
     return Outcome(history=history, start_epoch=start, final=final,
                    stopped_early_at=watch.stopped_at, model=model)
 
 
+def check_ranks_agree(model: tf.keras.Model, ctx: ProcessContext) -> None:
+    prints = trainable_fingerprints(model)
+    if len(set(prints)) != 1:
+        raise RunFailed(f"trainable weights differ across ranks after training ({prints}); "
+                        "a rank missed a broadcast or allreduce")
+    if ctx.is_chief:
+        print(f"weights identical on all {ctx.size} ranks (sha1 {prints[0][:12]})", flush=True)
+
+
 def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.OverfitWatch,
-                  steps: int, n_train: int, target_lr: float) -> list:
+                  steps: int, samples_per_step: np.ndarray, target_lr: float) -> list:
     t = spec.training
     chain = [
         # Start every rank from rank 0's weights (matters after a resume on one rank's files).
@@ -107,7 +133,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         # Average metrics over ranks so every later callback decides the same on every rank.
         hvd.callbacks.MetricAverageCallback(),
         cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps),
-        cb.EpochClock(sharding.global_batch_sizes(n_train, ctx.size, steps), ctx.size),
+        cb.EpochClock(samples_per_step, ctx.size),
         watch,
     ]
     if ctx.is_chief:

@@ -1,0 +1,102 @@
+"""Each job for a short run under real Horovod (horovodrun --gloo -np 2) on the CPU."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.multiproc
+JOBS = REPO / "jobs"
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "weights identical on all 2 ranks" in result.stdout
+    return result.stdout
+
+
+def _steps(db: Path, experiment: str) -> dict:
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    run = runs[0]
+    return run, {k: sorted(m.step for m in client.get_metric_history(run.info.run_id, k))
+                 for k in ("loss", "val_loss", "generalization_gap", "lr", "time/epoch_s")}
+
+
+def test_diabetes_two_processes_and_resume(workdir, pima_csv):
+    spec = JOBS / "diabetes_mlp.yaml"
+    args = ["run", spec, "--np", 2, "--set", f"data.csv={pima_csv}", "--set", "checkpoint.every_epochs=1"]
+    out = _ok(run_cli(*args, "--set", "training.epochs=2", cwd=workdir))
+    assert "epoch 1/2  loss" in out and "samples/s" in out and "held-out: test_accuracy" in out
+    refused = run_cli(*args, "--set", "training.epochs=4", cwd=workdir)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    out = _ok(run_cli(*args, "--set", "training.epochs=4", "--resume", cwd=workdir))
+    assert "resuming at epoch 3" in out and "epoch 3/4" in out and "epoch 1/4" not in out
+    run, steps = _steps(workdir / "mlflow.db", "diabetes_mlp")
+    assert run.info.status == "FINISHED"
+    assert all(s == [0, 1, 2, 3] for s in steps.values()), steps  # each epoch exactly once
+
+
+def test_mnist_one_epoch(workdir, mnist_npz):
+    out = _ok(run_cli("run", JOBS / "mnist_mlp.yaml", "--np", 2, "--set", f"data.path={mnist_npz}",
+                      "--set", "training.epochs=1", cwd=workdir))
+    assert "epoch 1/1" in out and "val_accuracy" in out
+
+
+def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir):
+    out = _ok(run_cli("run", JOBS / "lensfinder_cnn.yaml", "--np", 2, "--set", "data.n_images=400",
+                      "--set", "data.num_pix=32", "--set", "training.epochs=1", cwd=workdir))
+    assert "simulating 400 DES-like 32x32" in out and "test_roc_auc" in out
+    assert list((workdir / ".cache" / "lensfinder").glob("lenses-400x32px-*.npz"))
+
+
+def test_synthetic_one_epoch(workdir):
+    out = _ok(run_cli("run", JOBS / "synthetic.yaml", "--np", 2, "--set", "training.epochs=2",
+                      "--set", "data.samples_per_epoch=512", cwd=workdir))
+    assert "epoch 2/2" in out and "samples/s" in out
+
+
+def _worker_pid(rank: int, parent_marker: str, timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"harness.worker" in cmd and parent_marker.encode() in cmd and \
+                    f"HOROVOD_RANK={rank}".encode() in env:
+                return int(pid)
+        time.sleep(0.5)
+    raise AssertionError(f"no worker with rank {rank} appeared")
+
+
+def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv):
+    marker = f"checkpoint.dir={workdir}/ck"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(JOBS / "diabetes_mlp.yaml"), "--np", "2",
+         "--set", f"data.csv={pima_csv}", "--set", "training.epochs=1000", "--set", marker],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # wait until training is really under way
+        lines.append(line)
+        if "epoch 2/1000" in line:
+            break
+    os.kill(_worker_pid(1, marker), signal.SIGKILL)
+    killed_at = time.time()
+    rest, _ = proc.communicate(timeout=90)
+    elapsed = time.time() - killed_at
+    output = "".join(lines) + rest
+    assert proc.returncode not in (0, None)
+    assert elapsed < 60, f"took {elapsed:.0f} s to notice"
+    assert "run failed: rank 1 failed first (killed by signal 9)" in output

@@ -1,0 +1,89 @@
+"""Sharding covers every sample once; LR rules; throughput arithmetic; overfitting verdict."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from harness import overfitting, sharding
+from harness.lr import rate_at, scaled_rate
+from harness.throughput import Throughput
+
+
+@given(n=st.integers(1, 3000), size=st.integers(1, 9), batch=st.integers(1, 300),
+       epoch=st.integers(0, 5))
+def test_each_sample_once_per_epoch_with_equal_steps(n, size, batch, epoch):
+    if math.ceil(n / size) < 1 or n < size:
+        return  # fewer samples than ranks is refused by epoch_batches below
+    steps = sharding.steps_per_epoch(n, size, batch)
+    seen = []
+    for rank in range(size):
+        shard = sharding.shard_indices(n, rank, size)
+        if len(shard) < steps:
+            with pytest.raises(ValueError):
+                sharding.epoch_batches(shard, steps, 0, epoch)
+            return
+        batches = sharding.epoch_batches(shard, steps, seed=3, epoch=epoch)
+        assert len(batches) == steps  # every rank takes the same number of allreduce steps
+        assert max(map(len, batches)) <= batch
+        seen.extend(np.concatenate(batches).tolist())
+    assert sorted(seen) == list(range(n))
+    sizes = sharding.global_batch_sizes(n, size, steps)
+    assert sizes.sum() == n and len(sizes) == steps
+
+
+def test_epochs_are_reshuffled_deterministically():
+    shard = np.arange(100)
+    a = np.concatenate(sharding.epoch_batches(shard, 4, seed=1, epoch=0))
+    b = np.concatenate(sharding.epoch_batches(shard, 4, seed=1, epoch=1))
+    again = np.concatenate(sharding.epoch_batches(shard, 4, seed=1, epoch=0))
+    assert not np.array_equal(a, b) and np.array_equal(a, again)
+
+
+def test_lr_rules():
+    assert scaled_rate(0.001, "linear", 8) == pytest.approx(0.008)
+    assert scaled_rate(0.001, "sqrt", 4) == pytest.approx(0.002)
+    assert scaled_rate(0.001, "none", 8) == pytest.approx(0.001)
+    with pytest.raises(ValueError):
+        scaled_rate(0.001, "cubic", 2)
+
+
+def test_warmup_ramps_from_base_to_target():
+    assert rate_at(0.0, 0.1, 0.4, 3) == pytest.approx(0.1)
+    assert rate_at(1.5, 0.1, 0.4, 3) == pytest.approx(0.25)
+    assert rate_at(3.0, 0.1, 0.4, 3) == pytest.approx(0.4)
+    assert rate_at(7.0, 0.1, 0.4, 3) == pytest.approx(0.4)
+    assert rate_at(0.0, 0.1, 0.4, 0) == pytest.approx(0.4)
+
+
+def test_throughput_drops_warmup_and_rejects_backwards_counters():
+    meter = Throughput(warmup_steps=2, processes=4)
+    meter.update(0.0, 0)
+    assert meter.compute() == {}
+    meter.update(10.0, 100)  # the compile step: the window starts here
+    meter.update(12.0, 300)
+    meter.update(14.0, 500)
+    assert meter.compute() == {"throughput/samples_per_sec": 100.0,
+                               "throughput/samples_per_sec_per_gpu": 25.0}
+    with pytest.raises(ValueError, match="backwards"):
+        meter.update(13.0, 600)
+
+
+def _history(losses, val_losses):
+    return [{"epoch": i, "loss": a, "val_loss": b} for i, (a, b) in enumerate(zip(losses, val_losses))]
+
+
+def test_overfitting_detected_when_val_rises_while_loss_falls():
+    h = _history([1.0, 0.8, 0.6, 0.5, 0.4, 0.3], [1.0, 0.9, 0.85, 0.9, 0.95, 1.0])
+    assert overfitting.best_epoch(h) == 2
+    assert overfitting.overfitting_epoch(h, patience=3) == 5
+    assert overfitting.overfitting_epoch(h, patience=4) is None
+    assert "detected at epoch 5" in overfitting.verdict(h, 3)
+
+
+def test_no_overfitting_when_both_fall_or_noise_breaks_the_streak():
+    h = _history([1.0, 0.8, 0.6, 0.5, 0.4], [1.0, 1.1, 0.9, 1.0, 0.8])
+    assert overfitting.overfitting_epoch(h, patience=2) is None
+    assert "no overfitting" in overfitting.verdict(h, 2)

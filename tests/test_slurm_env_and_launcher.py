@@ -1,0 +1,52 @@
+"""SLURM cross-check and the launcher's reading of horovodrun's output."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from harness.errors import RunFailed
+from harness.launcher import FailureReport, launch_command, relay
+from harness.slurm_env import SlurmEnvironment
+
+STEP = {"SLURM_JOB_ID": "42", "SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "lars[01-02]", "SLURM_RESTART_COUNT": "2"}
+
+
+def test_slurm_environment_reads_variables_once():
+    env = SlurmEnvironment.from_env(STEP)
+    assert (env.job_id, env.ntasks, env.localid, env.restart_count) == ("42", 4, 1, 2)
+    assert env.tags() == {"slurm.job_id": "42", "slurm.nodelist": "lars[01-02]"}
+    assert not SlurmEnvironment.from_env({}).in_step
+
+
+def test_gloo_only_horovod_under_srun_fails_loudly():
+    with pytest.raises(RunFailed, match=r"hvd.size\(\)=1 but SLURM_NTASKS=4.*HINT"):
+        SlurmEnvironment.from_env(STEP).cross_check(size=1, local_rank=0)
+    with pytest.raises(RunFailed, match="SLURM_LOCALID=1"):
+        SlurmEnvironment.from_env(STEP).cross_check(size=4, local_rank=0)
+    SlurmEnvironment.from_env(STEP).cross_check(size=4, local_rank=1)
+    SlurmEnvironment.from_env({}).cross_check(size=1, local_rank=0)  # outside SLURM: nothing to check
+
+
+def test_relay_strips_rank0_prefix_and_names_other_ranks():
+    out, report = io.StringIO(), FailureReport()
+    relay("[0]<stdout>:epoch 1/3  loss 0.5", report, out)
+    relay("[1]<stderr>:Traceback (most recent call last):", report, out)
+    assert out.getvalue().splitlines() == ["epoch 1/3  loss 0.5", "[rank 1] Traceback (most recent call last):"]
+
+
+def test_failure_report_names_the_first_failed_rank():
+    out, report = io.StringIO(), FailureReport()
+    for line in ["Process 1 exit with status code -9.", "Terminating remaining workers after failure of Process 1.",
+                 "Traceback (most recent call last):", "RuntimeError: Horovod detected ...",
+                 "Process name: 1", "Exit code: -9"]:
+        relay(line, report, out)
+    assert report.describe(1) == "rank 1 failed first (killed by signal 9); the other ranks were stopped"
+    assert "Traceback" not in out.getvalue() and "Process 1 exit" in out.getvalue()
+
+
+def test_one_process_runs_without_horovodrun():
+    assert launch_command(1, ["python", "-m", "harness.worker", "s.yaml"])[0] == "python"
+    cmd = launch_command(2, ["python", "w"])
+    assert cmd[0].endswith("horovodrun") and cmd[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
