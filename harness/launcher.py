@@ -75,7 +75,9 @@ class FailureReport:
         if self.rank is None:
             return f"training exited with code {returncode}"
         code = self.code if self.code is not None else returncode
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        # horovodrun starts each rank through `sh -c`, which reports death by signal N as 128+N.
+        signum = -code if code < 0 else code - 128 if code > 128 else None
+        how = f"killed by signal {signum}" if signum else f"exit code {code}"
         return f"rank {self.rank} failed first ({how}); the other ranks were stopped"
 
 

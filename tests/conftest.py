@@ -63,3 +63,12 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
     full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return subprocess.run([*HARNESS, *map(str, args)], cwd=cwd, env=full_env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real mlflow server for the session's tracking tests."""
+    from mlflow_server import MlflowServer
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield srv
+    srv.stop()

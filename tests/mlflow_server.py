@@ -1,0 +1,30 @@
+"""A real mlflow server (SQLite backend, free port) for the tracking tests."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tracking import server
+
+
+class MlflowServer:
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = server.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> "MlflowServer":
+        self.proc = server.start(f"sqlite:///{self.root / 'server.db'}", "127.0.0.1", self.port,
+                                 self.root / "artifacts", log=self.root / "server.log")
+        server.wait_ready(self.url, self.proc)
+        return self
+
+    def kill(self) -> None:
+        """Kill the whole server (gunicorn/uvicorn workers too), as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    stop = kill

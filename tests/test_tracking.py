@@ -1,0 +1,103 @@
+"""One truthful MLflow run per job, against a real mlflow server."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, run_cli
+from mlflow_server import MlflowServer
+
+pytestmark = pytest.mark.tracking
+SPEC = REPO / "jobs" / "diabetes_mlp.yaml"
+CURVES = ("loss", "val_loss", "generalization_gap", "accuracy", "val_accuracy", "lr",
+          "time/epoch_s", "throughput/samples_per_sec")
+
+
+def _only_run(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, f"{len(runs)} runs in {experiment}"
+    return runs[0]
+
+
+def _assert_each_epoch_once(client, run_id, epochs):
+    for key in CURVES:
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(epochs)), f"{key}: {steps}"
+
+
+def test_two_process_run_then_resume_is_one_complete_run(workdir, pima_csv, mlflow_server):
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "t-resume"}
+    args = ["run", SPEC, "--np", 2, "--set", f"data.csv={pima_csv}", "--set", "checkpoint.every_epochs=1"]
+    first = run_cli(*args, "--set", "training.epochs=3", cwd=workdir, env=env)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert f"at {mlflow_server.url}" in first.stdout
+    second = run_cli(*args, "--set", "training.epochs=5", "--resume", cwd=workdir, env=env)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+
+    client = MlflowClient(mlflow_server.url)
+    run = _only_run(client, "t-resume")
+    assert run.info.status == "FINISHED"
+    _assert_each_epoch_once(client, run.info.run_id, 5)
+    params = run.data.params
+    assert params["processes"] == "2" and params["batch_size.global"] == "20"
+    assert float(params["lr.scaled"]) == pytest.approx(0.002) and params["lr.rule"] == "linear"
+    assert params["version.tensorflow"].startswith("2.15") and params["version.horovod"] == "0.28.1"
+    assert params["spec.training.optimizer"] == "adam" and "git.commit" in params
+    assert run.data.tags["resumed_from_epoch"] == "3"
+    assert run.data.tags["overfitting"].startswith(("no overfitting", "overfitting detected"))
+    assert {"best_epoch", "best_val_loss", "test_accuracy"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"loss_curve.png", "report.html", "spec.resolved.yaml", "pip-freeze.txt"} <= artifacts
+    html = Path(client.download_artifacts(run.info.run_id, "report.html", str(workdir))).read_text()
+    assert "Overfitting verdict" in html and "data:image/png;base64," in html
+
+
+def test_unreachable_server_is_exit_2_unless_tracking_is_optional(workdir, pima_csv):
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # discard port: nothing listens
+    args = ["run", SPEC, "--np", 1, "--set", f"data.csv={pima_csv}", "--set", "training.epochs=1"]
+    refused = run_cli(*args, cwd=workdir, env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "tracking server unreachable" in refused.stderr
+    assert "tracking.required=false" in refused.stderr and not (workdir / "runs").exists()
+    optional = run_cli(*args, "--set", "tracking.required=false", cwd=workdir, env=env)
+    assert optional.returncode == 0 and "training without tracking" in optional.stdout
+
+
+def test_server_killed_mid_run_loses_no_metric(workdir, pima_csv, tmp_path_factory):
+    srv = MlflowServer(tmp_path_factory.mktemp("flaky")).start()
+    epochs = 120
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(SPEC), "--np", "2",
+         "--set", f"data.csv={pima_csv}", "--set", f"training.epochs={epochs}"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": srv.url})
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if re.search(r"epoch +5/", line):
+                srv.kill()  # the server dies while training goes on
+                break
+        time.sleep(3)
+        srv.start()  # and comes back on the same port and database
+        rest, _ = proc.communicate(timeout=400)
+        output = "".join(lines) + rest
+        assert proc.returncode == 0, output[-3000:]
+        client = MlflowClient(srv.url)
+        run = _only_run(client, "diabetes_mlp")
+        fallback = re.search(r"harness tracking import (\S+)", output)
+        if fallback:  # the server came back too late: the fallback file must hold the rest
+            imported = run_cli("tracking", "import", fallback.group(1), cwd=workdir,
+                               env={"MLFLOW_TRACKING_URI": srv.url})
+            assert imported.returncode == 0, imported.stderr
+        _assert_each_epoch_once(client, run.info.run_id, epochs)
+    finally:
+        proc.kill()
+        srv.stop()
