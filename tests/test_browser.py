@@ -1,0 +1,51 @@
+"""The MLflow UI, in a real headless Chromium, shows the run's loss and val_loss charts."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.tracking
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("HARNESS_REQUIRE_ALL"):
+            pytest.fail("chromium is required in CI (scripts/test.sh installs Debian's chromium)")
+        pytest.skip("no chromium on this machine (apt-get install chromium chromium-driver)")
+    return path
+
+
+def _browse(chromium, url, profile, *action, height=5000) -> subprocess.CompletedProcess:
+    # A tall window: the UI only renders the charts that are on screen.
+    return subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                           f"--window-size=1400,{height}", "--virtual-time-budget=30000", *action, url],
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_ui_shows_the_runs_loss_curves(workdir, pima_csv, mlflow_server, tmp_path_factory):
+    chromium = _chromium()
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "t-browser"}
+    result = run_cli("run", REPO / "jobs" / "diabetes_mlp.yaml", "--np", 1, "--set", f"data.csv={pima_csv}",
+                     "--set", "training.epochs=3", cwd=workdir, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = MlflowClient(mlflow_server.url)
+    exp = client.get_experiment_by_name("t-browser")
+    run = client.search_runs([exp.experiment_id])[0]
+    url = f"{mlflow_server.url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/model-metrics"
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    dom = _browse(chromium, url, profile, "--dump-dom").stdout
+    for chart in ("diabetes_mlp (loss)", "diabetes_mlp (val_loss)", "(generalization_gap)"):
+        assert chart in dom, f"chart {chart!r} not in the rendered page"
+    shot = workdir / "mlflow-ui.png"
+    _browse(chromium, url, profile, f"--screenshot={shot}", height=1000)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
