@@ -45,6 +45,7 @@ def init_process(seed: int) -> ProcessContext:
     import tensorflow as tf
 
     hvd.init()
+    tf.get_logger().setLevel("ERROR")  # Keras's "callback is slow" warning fires on the broadcast step
     slurm = SlurmEnvironment.from_env()
     slurm.cross_check(hvd.size(), hvd.local_rank())
     device = _pin_device(hvd.local_rank())

@@ -5,7 +5,9 @@ import sys
 import time
 from types import ModuleType
 
-from harness import checkpoint, overfitting, trainer
+import horovod.tensorflow as hvd
+
+from harness import checkpoint, node_telemetry, overfitting, trainer
 from harness.distributed import init_process
 from harness.spec import JobSpec
 from tracking import open_tracker
@@ -19,10 +21,14 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
         where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
     tracker = open_tracker(spec, ctx, state)
+    run_id = hvd.broadcast_object(tracker.run_id, root_rank=0)  # every node writes into this run
+    sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
+        telemetry_lines = node_telemetry.finish(sampler, ctx, tracker)
+        sampler = None
         if ctx.is_chief:
-            summarize(spec, outcome, tracker, time.time() - started)
+            summarize(spec, outcome, tracker, time.time() - started, telemetry_lines)
             if spec.tracking.log_model:
                 tracker.log_model(outcome.model)
         tracker.finish("FINISHED")
@@ -33,9 +39,13 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     except BaseException as e:
         tracker.finish("FAILED", f"{type(e).__name__}: {e}"[:500])
         raise
+    finally:
+        if sampler is not None:
+            sampler.stop()
 
 
-def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float) -> None:
+def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
+              telemetry_lines: list) -> None:
     """The closing lines: final and best metrics, the verdict, where everything is."""
     history = outcome.history
     best = overfitting.best_epoch(history)
@@ -45,7 +55,7 @@ def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float) 
     tracker.log_metrics(final_metrics, step=len(history))
     verdict = overfitting.verdict(history, spec.training.patience)
     tracker.set_tags({"overfitting": verdict})
-    tracker.log_summary(spec, history, final_metrics, verdict)
+    tracker.log_summary(spec, history, final_metrics, verdict, telemetry_lines)
     last = history[-1] if history else {}
     out = sys.stdout
     print(f"done: {len(history)} epochs in {seconds:.0f} s ({len(history) - outcome.start_epoch} this run)",
@@ -57,6 +67,8 @@ def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float) 
     if outcome.final:
         print("held-out: " + "  ".join(f"{k} {v:.4f}" for k, v in outcome.final.items()), file=out)
     print(f"verdict: {verdict}", file=out)
+    for line in telemetry_lines:
+        print(line, file=out)
     if outcome.stopped_early_at is not None:
         print(f"early stopping at epoch {outcome.stopped_early_at + 1}; best weights restored", file=out)
     print(f"checkpoints: {spec.checkpoint_dir.resolve()}", file=out)

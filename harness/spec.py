@@ -125,6 +125,7 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class TrackingSpec:
+    enabled: bool = field(default=True, metadata=doc("false: no MLflow run at all (benchmarks)"))
     experiment: str = field(default="", metadata=doc("MLflow experiment; empty: the spec's name"))
     required: bool = field(
         default=True, metadata=doc("false: train on when the tracking server is unreachable"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,10 @@ def test_diabetes_two_processes_and_resume(workdir, pima_csv):
     assert "resuming at epoch 3" in out and "epoch 3/4" in out and "epoch 1/4" not in out
     run, steps = _steps(workdir / "mlflow.db", "diabetes_mlp")
     assert run.info.status == "FINISHED"
+    # No GPU here: a clear notice, and host telemetry in the run under MLflow's system/ prefix.
+    assert "telemetry: no GPU found" in out and "host metrics recorded under system/" in out
+    host = socket.gethostname().split(".")[0]
+    assert f"system/{host}/cpu_utilization_percentage" in run.data.metrics
     assert all(s == [0, 1, 2, 3] for s in steps.values()), steps  # each epoch exactly once
 
 

@@ -147,6 +147,12 @@ class MlflowTracker:
                 continue  # logged before a crash or preemption: each step appears once
             self.sender.queue.put(Metric(key, float(value), now, step))
 
+    def log_system_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Telemetry samples: same sender, no exactly-once filter (steps are seconds, unique)."""
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self.sender.queue.put(Metric(key, float(value), now, step))
+
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
         try:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -154,7 +160,7 @@ class MlflowTracker:
             print(f"tracking: could not upload {path} ({type(e).__name__}); it stays on disk",
                   flush=True)
 
-    def log_summary(self, spec, history, final, verdict) -> None:
+    def log_summary(self, spec, history, final, verdict, telemetry_lines=()) -> None:
         """Loss-curve PNG and HTML report, written beside the checkpoints and uploaded."""
         from tracking import report
         if not history:
@@ -163,7 +169,8 @@ class MlflowTracker:
         folder.mkdir(parents=True, exist_ok=True)
         png = report.loss_curve_png(history, folder / "loss_curve.png", spec.name)
         page = folder / "report.html"
-        page.write_text(report.html_report(spec.name, history, final, verdict, png))
+        page.write_text(report.html_report(spec.name, history, final, verdict, png,
+                                           [report.telemetry_section(telemetry_lines)]))
         self.log_artifact(png)
         self.log_artifact(page)
 

@@ -70,6 +70,14 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style></head><b
 </body></html>"""
 
 
+def telemetry_section(lines: Sequence[str]) -> str:
+    """GPU use and the flags, as the sampler's summary reported them."""
+    if not lines:
+        return "<h2>GPU use</h2><p>telemetry off</p>"
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<h2>GPU use</h2><ul>{items}</ul>"
+
+
 def terminal_summary(name: str, history: Sequence[dict], final: Mapping, verdict: str) -> str:
     """The same summary as the HTML report, for `harness report`."""
     lines = [f"run {name}", f"verdict: {verdict}"]

@@ -22,7 +22,7 @@ def tracking_uri() -> str:
 def check_reachable(spec: JobSpec) -> bool:
     """False (or exit 2 when tracking is required) if the tracking server cannot be reached."""
     uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
+    if not spec.tracking.enabled or not uri.startswith(("http://", "https://")):
         return True
     from tracking.mlflow_tracker import MlflowClient
     try:
@@ -41,7 +41,7 @@ def check_reachable(spec: JobSpec) -> bool:
 
 def open_tracker(spec: JobSpec, ctx, resume_state) -> object:
     """Rank 0 gets the run's tracker; every other rank the do-nothing twin."""
-    if not ctx.is_chief or not check_reachable(spec):
+    if not ctx.is_chief or not spec.tracking.enabled or not check_reachable(spec):
         return NullTracker()
     from tracking.mlflow_tracker import MlflowClient, MlflowTracker, logged_steps
 

@@ -19,10 +19,13 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
+    def log_system_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
         pass
 
-    def log_summary(self, spec, history, final, verdict) -> None:
+    def log_summary(self, spec, history, final, verdict, telemetry_lines=()) -> None:
         pass
 
     def log_model(self, model) -> None:

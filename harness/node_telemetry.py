@@ -1,0 +1,90 @@
+"""Telemetry for a training job: one sampler per node writing into the job's MLflow run.
+
+Local rank 0 of every node samples; rank 0 sends its node's samples through
+the run's tracker, other nodes through their own batched sender to the same
+run (the run id comes from rank 0).  At the end every node's summary is
+gathered to rank 0, which logs the figures and flags once.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from harness import telemetry, telemetry_summary
+from harness.distributed import ProcessContext
+from harness.spec import JobSpec
+
+
+def _sink_for(ctx: ProcessContext, tracker, run_id: Optional[str], started: float):
+    """Where one node's samples go; steps are seconds since the job started (unique on resume)."""
+    if ctx.is_chief:
+        return lambda metrics, t: tracker.log_system_metrics(metrics, step=int(t - started))
+    if run_id is None:
+        return lambda metrics, t: None
+    from tracking.mlflow_tracker import Metric, MetricSender, MlflowClient
+    from tracking.run import tracking_uri
+    sender = MetricSender(MlflowClient(tracking_uri()), run_id,
+                          fallback_path(ctx, run_id))
+    sender.start()
+
+    def sink(metrics, t):
+        for key, value in metrics.items():
+            sender.queue.put(Metric(key, float(value), int(t * 1000), int(t - started)))
+    sink.sender = sender
+    return sink
+
+
+def fallback_path(ctx: ProcessContext, run_id: str):
+    from pathlib import Path
+    return Path("runs") / f"telemetry-fallback-{run_id}-{ctx.hosts[0] if ctx.hosts else 'node'}.jsonl"
+
+
+def start(spec: JobSpec, ctx: ProcessContext, tracker, run_id: Optional[str],
+          started: float) -> Optional[telemetry.Sampler]:
+    if not spec.telemetry.enabled or ctx.local_rank != 0:
+        return None
+    sampler = telemetry.Sampler(_sink_for(ctx, tracker, run_id, started),
+                                interval_s=spec.telemetry.interval_s,
+                                notify=lambda msg: print(msg, flush=True))
+    return sampler.start()
+
+
+def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -> list[str]:
+    """Stop sampling, gather every node's summary on rank 0, log it; returns the report lines."""
+    import horovod.tensorflow as hvd
+
+    mine = {}
+    if sampler is not None:
+        sampler.stop()
+        sender = getattr(sampler.sink, "sender", None)
+        if sender is not None:
+            sender.close()
+        totals = {(sampler.host, g.index): g.memory_total_mb for g in sampler.gpus}
+        summaries, _ = telemetry_summary.summarize(sampler.history, totals)
+        mine = {"host": sampler.host, "gpus": sampler.inventory(), "summaries": summaries}
+    nodes = [n for n in hvd.allgather_object(mine) if n]
+    if not ctx.is_chief or not nodes:
+        return []
+    summaries = {k: v for n in nodes for k, v in n["summaries"].items()}
+    advice = telemetry_summary.flags(summaries)
+    tracker.log_metrics(telemetry_summary.as_metrics(summaries), step=0)
+    gpus = [f"{n['host']}:gpu_{g['index']}={g['name']} {g['uuid']} bus {g['pci_bus_id']}"
+            for n in nodes for g in n["gpus"]]
+    tracker.set_tags({"telemetry.gpus": "; ".join(gpus) or "none found",
+                      "telemetry.flags": " | ".join(advice) or "none"})
+    return report_lines(nodes, summaries, advice)
+
+
+def report_lines(nodes, summaries, advice) -> list[str]:
+    if not summaries:
+        hosts = ", ".join(n["host"] for n in nodes)
+        return [f"telemetry: no GPU found; host metrics recorded under system/<host>/ for {hosts}"]
+    lines = []
+    for (host, index), s in sorted(summaries.items()):
+        lines.append(
+            f"telemetry {host} GPU {index}: busy {s.get('utilization_mean_percentage', 0):.0f}% "
+            f"(p95 {s.get('utilization_p95_percentage', 0):.0f}%), peak memory "
+            f"{s.get('memory_peak_megabytes', 0):.0f} MiB, {s.get('power_mean_watts', 0):.0f} W, "
+            f"{s.get('energy_wh', 0):.2f} Wh, {s.get('gpu_hours', 0):.3f} GPU-h, "
+            f"throttled {s.get('throttled_fraction', 0):.0%}")
+    return lines + [f"flag: {a}" for a in advice]
+
