@@ -32,4 +32,9 @@ def print_report(run_id: str) -> int:
     verdict = run.data.tags.get("overfitting", "not recorded")
     print(terminal_summary(run.info.run_name or run_id, history_from_mlflow(client, run_id),
                            final, verdict))
+    tags = run.data.tags
+    if "telemetry.gpus" in tags:
+        print(f"GPUs: {tags['telemetry.gpus']}")
+        for flag in filter(None, tags.get("telemetry.flags", "").split(" | ")):
+            print(f"flag: {flag}")
     return 0

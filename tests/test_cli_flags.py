@@ -1,0 +1,31 @@
+"""The CLI's verbs and flags are pinned: a new flag is a decision, not an accident."""
+from __future__ import annotations
+
+import argparse
+
+from harness.cli import build_parser
+
+EXPECTED = {
+    "validate": {"spec", "--set"},
+    "run": {"spec", "--set", "--np", "--resume"},
+    "report": {"run_id"},
+    "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth"},
+    "tracking import": {"file"},
+}
+
+
+def _flags(parser) -> dict:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                for key, flags in _flags(sub).items():
+                    found[f"{name} {key}".strip()] = flags
+        elif not isinstance(action, argparse._HelpAction):
+            found.setdefault("", set()).add(action.option_strings[0] if action.option_strings else action.dest)
+    return found
+
+
+def test_cli_flag_set_is_pinned():
+    found = {k: v for k, v in _flags(build_parser()).items() if k and k != "tracking"}
+    assert found == EXPECTED
