@@ -109,9 +109,20 @@ def format_epoch(epoch: int, total: int, logs: dict) -> str:
 class Reporter(tf.keras.callbacks.Callback):
     """Rank 0: one line per epoch on stdout and the epoch's metrics to the tracker."""
 
-    def __init__(self, tracker, total_epochs: int, out=sys.stdout):
+    def __init__(self, tracker, total_epochs: int, steps: int, batch_every: int = 0, out=sys.stdout):
         super().__init__()
         self.tracker, self.total, self.out = tracker, total_epochs, out
+        self.steps, self.batch_every = steps, batch_every
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Rank 0's own running loss (not averaged over ranks: that would cost an allreduce per step).
+        if self.batch_every and batch % self.batch_every == 0 and logs and "loss" in logs:
+            self.tracker.log_metrics({"batch/loss_rank0": float(logs["loss"])},
+                                     step=self.epoch * self.steps + batch)
 
     def on_epoch_end(self, epoch, logs=None):
         print(format_epoch(epoch, self.total, logs), file=self.out, flush=True)

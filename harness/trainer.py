@@ -137,7 +137,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         watch,
     ]
     if ctx.is_chief:
-        chain.append(cb.Reporter(tracker, t.epochs))
+        chain.append(cb.Reporter(tracker, t.epochs, steps, spec.tracking.batch_metrics_every))
         chain.append(cb.Checkpointer(
             spec.checkpoint_dir, spec.checkpoint.every_epochs, t.epochs,
             lambda done: checkpoint.CheckpointState(

@@ -34,7 +34,8 @@ def _assert_each_epoch_once(client, run_id, epochs):
 
 def test_two_process_run_then_resume_is_one_complete_run(workdir, pima_csv, mlflow_server):
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "t-resume"}
-    args = ["run", SPEC, "--np", 2, "--set", f"data.csv={pima_csv}", "--set", "checkpoint.every_epochs=1"]
+    args = ["run", SPEC, "--np", 2, "--set", f"data.csv={pima_csv}", "--set", "checkpoint.every_epochs=1",
+            "--set", "tracking.batch_metrics_every=10"]
     first = run_cli(*args, "--set", "training.epochs=3", cwd=workdir, env=env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert f"at {mlflow_server.url}" in first.stdout
@@ -52,7 +53,9 @@ def test_two_process_run_then_resume_is_one_complete_run(workdir, pima_csv, mlfl
     assert params["spec.training.optimizer"] == "adam" and "git.commit" in params
     assert run.data.tags["resumed_from_epoch"] == "3"
     assert run.data.tags["overfitting"].startswith(("no overfitting", "overfitting detected"))
-    assert {"best_epoch", "best_val_loss", "test_accuracy"} <= set(run.data.metrics)
+    assert {"best_epoch", "best_val_loss", "test_accuracy", "batch/loss_rank0"} <= set(run.data.metrics)
+    batch_steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch/loss_rank0")]
+    assert len(batch_steps) == len(set(batch_steps)) and 0 in batch_steps
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"loss_curve.png", "report.html", "spec.resolved.yaml", "pip-freeze.txt"} <= artifacts
     html = Path(client.download_artifacts(run.info.run_id, "report.html", str(workdir))).read_text()

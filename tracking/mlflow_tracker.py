@@ -181,11 +181,18 @@ class MlflowTracker:
             model.save(path)
             self.log_artifact(path, "model")
 
+    def backfill(self, history) -> None:
+        """Log checkpointed epochs whose metrics never reached MLflow (queued when a crash hit)."""
+        for entry in history:
+            self.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
+
     def finish(self, status: str, reason: str = "") -> None:
         if self.finished:
             return
         self.finished = True
-        unsent = self.sender.close()
+        # Killed: horovodrun or SLURM follow SIGTERM with SIGKILL within seconds, so flush briefly
+        # and leave the rest in the fallback file rather than lose it mid-send.
+        unsent = self.sender.close(deadline_s=3.0 if status == "KILLED" else FINAL_FLUSH_S)
         if unsent:
             print(f"tracking: {unsent} metric values could not reach {self.uri} "
                   f"({self.sender.last_error}); saved to {self.sender.fallback}. "

@@ -57,6 +57,8 @@ def open_tracker(spec: JobSpec, ctx, resume_state) -> object:
     fallback = spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl"
     tracker = MlflowTracker(client, run_id, uri, fallback, already)
     _record_start(tracker, spec, ctx, resume_state)
+    if resume_state is not None:
+        tracker.backfill(resume_state.history)
     return tracker
 
 
