@@ -108,13 +108,19 @@ class Sampler:
         self._net0 = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "Sampler":
+    def open(self) -> "Sampler":
+        """Find the GPUs and set the host counters' reference points; ``tick()`` then works."""
         self._init_nvml()
         if self.psutil is None:
             import psutil
             self.psutil = psutil
         self.psutil.cpu_percent(None)  # the first call only sets the reference point
         self._net0 = _safe(self.psutil.net_io_counters, None)
+        return self
+
+    def start(self) -> "Sampler":
+        """open(), then tick every interval in a background thread until stop()."""
+        self.open()
         self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
         self._thread.start()
         return self
