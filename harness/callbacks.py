@@ -49,6 +49,7 @@ class EpochClock(tf.keras.callbacks.Callback):
         self.cumulative = np.cumsum(global_batches)
         self.processes = processes
         self.first_epoch = True
+        self.epoch_ends: list[float] = []  # wall-clock times, to mark epochs on telemetry plots
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -63,6 +64,7 @@ class EpochClock(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs["time/epoch_s"] = time.perf_counter() - self.started
         logs.update(self.meter.compute())
+        self.epoch_ends.append(time.time())
 
 
 class OverfitWatch(tf.keras.callbacks.Callback):

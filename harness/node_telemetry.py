@@ -48,8 +48,11 @@ def start(spec: JobSpec, ctx: ProcessContext, tracker, run_id: Optional[str],
     return sampler.start()
 
 
-def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -> list[str]:
-    """Stop sampling, gather every node's summary on rank 0, log it; returns the report lines."""
+def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -> tuple[list, list]:
+    """Stop sampling, gather every node's summary on rank 0, log it.
+
+    Returns the report lines and rank 0's own node's samples (for the timeline plot).
+    """
     import horovod.tensorflow as hvd
 
     mine = {}
@@ -63,7 +66,7 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
         mine = {"host": sampler.host, "gpus": sampler.inventory(), "summaries": summaries}
     nodes = [n for n in hvd.allgather_object(mine) if n]
     if not ctx.is_chief or not nodes:
-        return []
+        return [], []
     summaries = {k: v for n in nodes for k, v in n["summaries"].items()}
     advice = telemetry_summary.flags(summaries)
     tracker.log_metrics(telemetry_summary.as_metrics(summaries), step=0)
@@ -71,7 +74,7 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
             for n in nodes for g in n["gpus"]]
     tracker.set_tags({"telemetry.gpus": "; ".join(gpus) or "none found",
                       "telemetry.flags": " | ".join(advice) or "none"})
-    return report_lines(nodes, summaries, advice)
+    return report_lines(nodes, summaries, advice), (sampler.history if sampler else [])
 
 
 def report_lines(nodes, summaries, advice) -> list[str]:

@@ -25,10 +25,11 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
-        telemetry_lines = node_telemetry.finish(sampler, ctx, tracker)
+        telemetry_lines, samples = node_telemetry.finish(sampler, ctx, tracker)
         sampler = None
         if ctx.is_chief:
-            summarize(spec, outcome, tracker, time.time() - started, telemetry_lines)
+            timeline = tracker.log_timeline(spec, samples, outcome.epoch_ends)
+            summarize(spec, outcome, tracker, time.time() - started, telemetry_lines, timeline)
             if spec.tracking.log_model:
                 tracker.log_model(outcome.model)
         tracker.finish("FINISHED")
@@ -45,7 +46,7 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
 
 
 def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
-              telemetry_lines: list) -> None:
+              telemetry_lines: list, timeline=None) -> None:
     """The closing lines: final and best metrics, the verdict, where everything is."""
     history = outcome.history
     best = overfitting.best_epoch(history)
@@ -55,7 +56,7 @@ def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
     tracker.log_metrics(final_metrics, step=len(history))
     verdict = overfitting.verdict(history, spec.training.patience)
     tracker.set_tags({"overfitting": verdict})
-    tracker.log_summary(spec, history, final_metrics, verdict, telemetry_lines)
+    tracker.log_summary(spec, history, final_metrics, verdict, telemetry_lines, timeline)
     last = history[-1] if history else {}
     out = sys.stdout
     print(f"done: {len(history)} epochs in {seconds:.0f} s ({len(history) - outcome.start_epoch} this run)",

@@ -43,6 +43,7 @@ class Outcome:
     final: dict = field(default_factory=dict)  # the job's held-out figures
     stopped_early_at: Optional[int] = None
     model: object = None
+    epoch_ends: list = field(default_factory=list)  # wall-clock time of each epoch's end
 
 
 def shard_dataset(x: np.ndarray, y: np.ndarray, ctx: ProcessContext, training: TrainingSpec,
@@ -111,8 +112,9 @@ def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
                   initial_epoch=start, callbacks=callbacks, verbose=0)
     check_ranks_agree(model, ctx)
     final = job.evaluate(model, splits) if ctx.is_chief and hasattr(job, "evaluate") else {}
+    clock = next(c for c in callbacks if isinstance(c, cb.EpochClock))
     return Outcome(history=history, start_epoch=start, final=final,
-                   stopped_early_at=watch.stopped_at, model=model)
+                   stopped_early_at=watch.stopped_at, model=model, epoch_ends=clock.epoch_ends)
 
 
 def check_ranks_agree(model: tf.keras.Model, ctx: ProcessContext) -> None:

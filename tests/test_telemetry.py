@@ -229,3 +229,16 @@ def test_two_nodes_write_into_one_run_on_a_real_server(mlflow_server, tmp_path, 
                 f"system/{host}/cpu_utilization_percentage"} <= keys
     steps = [m.step for m in client.get_metric_history(run_id, "system/nodeB/gpu_1_sm_clock_mhz")]
     assert sorted(steps) == [0, 1, 2]
+
+
+def test_timeline_plot_for_gpus_and_for_host_only(tmp_path, monkeypatch):
+    from tracking.report import telemetry_section, timeline_png
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNvml()
+    s = _sampler(nvml, [])
+    history = [(1000.0 + i, m) for i, m in enumerate(_run_ticks(s, nvml, 6))]
+    gpu_png = timeline_png(history, [1002.0, 1004.0], tmp_path / "gpu.png")
+    host_only = [(t, {k: v for k, v in m.items() if "/gpu_" not in k}) for t, m in history]
+    host_png = timeline_png(host_only, [1003.0], tmp_path / "host.png")
+    assert gpu_png.stat().st_size > 5000 and host_png.stat().st_size > 5000
+    assert "telemetry timeline" in telemetry_section(["telemetry a GPU 0: busy 90%"], gpu_png)

@@ -57,7 +57,8 @@ def test_two_process_run_then_resume_is_one_complete_run(workdir, pima_csv, mlfl
     batch_steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch/loss_rank0")]
     assert len(batch_steps) == len(set(batch_steps)) and 0 in batch_steps
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"loss_curve.png", "report.html", "spec.resolved.yaml", "pip-freeze.txt"} <= artifacts
+    assert {"loss_curve.png", "report.html", "spec.resolved.yaml", "pip-freeze.txt",
+            "telemetry_timeline.png"} <= artifacts
     html = Path(client.download_artifacts(run.info.run_id, "report.html", str(workdir))).read_text()
     assert "Overfitting verdict" in html and "data:image/png;base64," in html
 
@@ -104,3 +105,28 @@ def test_server_killed_mid_run_loses_no_metric(workdir, pima_csv, tmp_path_facto
     finally:
         proc.kill()
         srv.stop()
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv, mlflow_server):
+    import os
+    import signal
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "t-ctrl-c"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(SPEC), "--np", "2", "--set", f"data.csv={pima_csv}",
+         "--set", "training.epochs=1000", "--set", "checkpoint.every_epochs=1"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if re.search(r"epoch +3/1000", line):
+                break
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to the launcher
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:]
+    client = MlflowClient(mlflow_server.url)
+    run = _only_run(client, "t-ctrl-c")
+    assert run.info.status == "KILLED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+    assert steps[:3] == [0, 1, 2] and len(steps) == len(set(steps))
+    assert (workdir / "runs" / "diabetes_mlp" / "checkpoints" / "latest.json").exists()

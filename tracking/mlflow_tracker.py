@@ -160,7 +160,7 @@ class MlflowTracker:
             print(f"tracking: could not upload {path} ({type(e).__name__}); it stays on disk",
                   flush=True)
 
-    def log_summary(self, spec, history, final, verdict, telemetry_lines=()) -> None:
+    def log_summary(self, spec, history, final, verdict, telemetry_lines=(), timeline=None) -> None:
         """Loss-curve PNG and HTML report, written beside the checkpoints and uploaded."""
         from tracking import report
         if not history:
@@ -170,9 +170,20 @@ class MlflowTracker:
         png = report.loss_curve_png(history, folder / "loss_curve.png", spec.name)
         page = folder / "report.html"
         page.write_text(report.html_report(spec.name, history, final, verdict, png,
-                                           [report.telemetry_section(telemetry_lines)]))
+                                           [report.telemetry_section(telemetry_lines, timeline)]))
         self.log_artifact(png)
         self.log_artifact(page)
+
+    def log_timeline(self, spec, samples, epoch_ends):
+        """GPU (or, without GPUs, host) use over time with epoch ends marked, as a PNG artifact."""
+        from tracking import report
+        if not samples:
+            return None
+        folder = spec.checkpoint_dir.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        path = report.timeline_png(samples, epoch_ends, folder / "telemetry_timeline.png")
+        self.log_artifact(path)
+        return path
 
     def log_model(self, model) -> None:
         import tempfile

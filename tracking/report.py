@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -70,12 +71,47 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style></head><b
 </body></html>"""
 
 
-def telemetry_section(lines: Sequence[str]) -> str:
-    """GPU use and the flags, as the sampler's summary reported them."""
+def timeline_png(samples: Sequence[tuple], epoch_ends: Sequence[float], path: Path) -> Path:
+    """Utilisation, memory and power per GPU against time, epoch ends as dotted lines.
+
+    Without GPUs the panels show the host's CPU and memory instead.
+    """
+    t0 = samples[0][0]
+    keys = sorted({k for _, m in samples for k in m})
+    gpu_panels = [("utilization_percentage", "GPU busy (%)"), ("memory_usage_megabytes", "GPU memory (MiB)"),
+                  ("power_usage_watts", "power (W)")]
+    host_panels = [("cpu_utilization_percentage", "CPU busy (%)"),
+                   ("system_memory_usage_megabytes", "host memory (MiB)")]
+    on_gpu = any(re.search(r"/gpu_\d+_", k) for k in keys)
+    panels = gpu_panels if on_gpu else host_panels
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.3 * len(panels)), dpi=100, sharex=True)
+    for ax, (suffix, label) in zip(axes, panels):
+        pattern = rf"/gpu_\d+_{suffix}$" if on_gpu else rf"/{suffix}$"
+        for key in (k for k in keys if re.search(pattern, k)):
+            pts = [(t - t0, m[key]) for t, m in samples if key in m]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, label=key.split("/", 2)[-1])
+        for end in epoch_ends:
+            ax.axvline(end - t0, color="grey", ls=":", lw=0.8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel("seconds since training started (dotted: epoch ends)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def telemetry_section(lines: Sequence[str], timeline: Path = None) -> str:
+    """GPU use, the flags, and the timeline plot."""
     if not lines:
         return "<h2>GPU use</h2><p>telemetry off</p>"
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-    return f"<h2>GPU use</h2><ul>{items}</ul>"
+    plot = ""
+    if timeline is not None and Path(timeline).is_file():
+        data = base64.b64encode(Path(timeline).read_bytes()).decode()
+        plot = f'<img alt="telemetry timeline" src="data:image/png;base64,{data}">'
+    return f"<h2>GPU use</h2><ul>{items}</ul>{plot}"
 
 
 def terminal_summary(name: str, history: Sequence[dict], final: Mapping, verdict: str) -> str:

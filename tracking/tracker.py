@@ -25,8 +25,11 @@ class NullTracker:
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
         pass
 
-    def log_summary(self, spec, history, final, verdict, telemetry_lines=()) -> None:
+    def log_summary(self, spec, history, final, verdict, telemetry_lines=(), timeline=None) -> None:
         pass
+
+    def log_timeline(self, spec, samples, epoch_ends):
+        return None
 
     def log_model(self, model) -> None:
         pass
