@@ -41,6 +41,14 @@ def build_parser() -> OneLineParser:
                    help="processes (default: one per local GPU, or 1 without a GPU)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
+    p = verbs.add_parser("render", help="print the sbatch script for a spec")
+    _spec_args(p)
+    p.add_argument("--nodes", type=int, help="overrides resources.nodes")
+    p.add_argument("--gpus-per-node", type=int, help="overrides resources.gpus_per_node")
+    p.add_argument("--partition", help="overrides resources.partition")
+    p.add_argument("--time", help="overrides resources.time (HH:MM:SS or D-HH:MM:SS)")
+    p.add_argument("--cluster", default="", help="cluster profile (default $HARNESS_CLUSTER or lars)")
+
     p = verbs.add_parser("report", help="print a run's summary from MLflow")
     p.add_argument("run_id")
 
@@ -84,6 +92,29 @@ def cmd_run(args) -> int:
     return launcher.run_processes(processes, worker)
 
 
+def resource_overrides(args) -> list[str]:
+    """--nodes/--gpus-per-node/--partition/--time as --set overrides, so the spec checks them."""
+    pairs = [("nodes", args.nodes), ("gpus_per_node", args.gpus_per_node),
+             ("partition", args.partition), ("time", args.time)]
+    return [f"resources.{k}={yaml.safe_dump(v, default_style=chr(34)).strip() if isinstance(v, str) else v}"
+            for k, v in pairs if v is not None]
+
+
+def cmd_render(args) -> int:
+    import os
+
+    from harness.cluster import load_cluster
+    from harness.loader import load_spec
+    from harness.sbatch import render_sbatch
+    overrides = args.overrides + resource_overrides(args)
+    spec = load_spec(args.spec, overrides)
+    repo = Path(__file__).resolve().parents[1]
+    log_dir = (Path.cwd() / "runs" / spec.name / "slurm").resolve()
+    print(render_sbatch(spec, load_cluster(args.cluster), repo, log_dir, overrides,
+                        os.environ.get("MLFLOW_TRACKING_URI", "")), end="")
+    return 0
+
+
 def cmd_report(args) -> int:
     from tracking.summary import print_report
     return print_report(args.run_id)
@@ -103,7 +134,7 @@ def cmd_tracking(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "report": cmd_report,
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "render": cmd_render, "report": cmd_report,
             "tracking": cmd_tracking}
 
 

@@ -8,6 +8,7 @@ from harness.cli import build_parser
 EXPECTED = {
     "validate": {"spec", "--set"},
     "run": {"spec", "--set", "--np", "--resume"},
+    "render": {"spec", "--set", "--nodes", "--gpus-per-node", "--partition", "--time", "--cluster"},
     "report": {"run_id"},
     "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth"},
     "tracking import": {"file"},

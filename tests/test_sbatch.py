@@ -1,0 +1,71 @@
+"""Rendered sbatch scripts, tested as artefacts: #SBATCH lines agree, goldens, quoting."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import REPO
+from harness.cluster import load_cluster
+from harness.errors import UserError
+from harness.loader import load_spec
+from harness.sbatch import parse_sbatch_options, render_sbatch
+
+GOLDEN = Path(__file__).parent / "golden"
+LARS = load_cluster("lars")
+
+
+def _render(partition, gpus, nodes=1, overrides=()):
+    spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml",
+                     [f"resources.partition={partition}", f"resources.gpus_per_node={gpus}",
+                      f"resources.nodes={nodes}", "resources.time=01:00:00", *overrides])
+    spec = dataclasses.replace(spec, spec_path="/opt/harness/jobs/lensfinder_cnn.yaml")
+    return render_sbatch(spec, LARS, Path("/opt/harness"), Path("/scratch/logs"), list(overrides))
+
+
+@pytest.mark.parametrize("partition,gpus,nodes", [("rtx2080ti", 6, 2), ("gtx1080ti", 6, 1),
+                                                  ("gtx1050ti", 1, 4)])
+def test_golden_scripts_per_partition(partition, gpus, nodes):
+    script = _render(partition, gpus, nodes=nodes)
+    golden = GOLDEN / f"lensfinder_{partition}.sbatch"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(script)
+    assert script == golden.read_text(), f"diff against {golden} (UPDATE_GOLDEN=1 rewrites it)"
+
+
+def test_sbatch_lines_agree_with_each_other_and_the_launch_line():
+    script = _render("rtx2080ti", 6, nodes=2)
+    opts = parse_sbatch_options(script)
+    assert opts["nodes"] == "2" and opts["ntasks-per-node"] == "6" and opts["gres"] == "gpu:6"
+    assert opts["partition"] == "rtx2080ti" and opts["requeue"] is None
+    assert opts["signal"] == "B:USR2@120" and opts["output"].endswith("%x-%j.out")
+    launch = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--ntasks=12" in launch and "--ntasks-per-node=6" in launch and "--mpi=pmix" in launch
+    assert "export CUDA_DEVICE_ORDER=PCI_BUS_ID" in script and "export NCCL_P2P_DISABLE=1" in script
+
+
+@pytest.mark.parametrize("flag,words", [
+    (["resources.gpus_per_node=8"], "partition rtx2080ti has 6 GPUs per node"),
+    (["resources.nodes=9"], "has 7 nodes"),
+    (["resources.partition=a100"], "cluster lars has gtx1050ti, gtx1080ti, rtx2080ti"),
+])
+def test_requests_that_do_not_fit_are_refused(flag, words):
+    spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", flag)
+    with pytest.raises(UserError, match=words):
+        render_sbatch(spec, LARS, Path("/opt/h"), Path("/l"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=40).filter(lambda v: "\x00" not in v))
+def test_user_values_are_one_shell_word_each(value):
+    """Whatever an argument holds ($(...), quotes, ;, newlines) reaches the worker as one word."""
+    spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml")
+    script = render_sbatch(spec, LARS, Path("/opt/h"), Path("/l"), [f"data.x={value}"])
+    launch = script.split("\nsrun ", 1)[1].rsplit(" &\nstep=$!", 1)[0]
+    words = shlex.split(launch)
+    assert words[words.index("--set") + 1] == f"data.x={value}"
+    assert words[-1] == "--resume"
