@@ -106,3 +106,17 @@ def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv):
     assert proc.returncode not in (0, None)
     assert elapsed < 60, f"took {elapsed:.0f} s to notice"
     assert "run failed: rank 1 failed first (killed by signal 9)" in output
+
+
+def test_early_stopping_restores_best_weights_and_logs_the_model(workdir, pima_csv):
+    out = _ok(run_cli("run", JOBS / "diabetes_mlp.yaml", "--np", 2, "--set", f"data.csv={pima_csv}",
+                      "--set", "training.epochs=400", "--set", "training.learning_rate=0.05",
+                      "--set", "training.early_stopping=true", "--set", "training.patience=2",
+                      "--set", "tracking.log_model=true", "--set", "checkpoint.every_epochs=50",
+                      cwd=workdir))
+    assert "early stopping at epoch" in out and "best weights restored" in out
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("diabetes_mlp").experiment_id])[0]
+    assert run.data.tags["overfitting"].startswith("overfitting detected at epoch")
+    assert int(run.data.metrics["best_epoch"]) < len(client.get_metric_history(run.info.run_id, "loss"))
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]

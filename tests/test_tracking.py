@@ -130,3 +130,30 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv,
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
     assert steps[:3] == [0, 1, 2] and len(steps) == len(set(steps))
     assert (workdir / "runs" / "diabetes_mlp" / "checkpoints" / "latest.json").exists()
+
+
+def test_tracking_serve_prints_the_uri_and_answers(tmp_path):
+    import os
+    import signal
+    from tracking.server import free_port
+    port = free_port()
+    env = {**os.environ, "HARNESS_TRACKING_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "tracking", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        first_lines = [proc.stdout.readline() for _ in range(2)]
+        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in first_lines[1]
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
+                break
+            except Exception:
+                time.sleep(1)
+        else:
+            pytest.fail("the tracking server never answered")
+        assert (tmp_path / "home" / "mlflow.db").exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
