@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -51,7 +52,9 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
 
 
 def start(backend: str, host: str, port: int, artifacts: Path, auth: bool = False,
-          log: Optional[Path] = None) -> subprocess.Popen:
+          log: Optional[Path] = None, own_session: bool = True) -> subprocess.Popen:
+    """Start the server; ``own_session`` False keeps it in the caller's process group
+    (so Ctrl-C or a kill of the group stops it with ``harness tracking serve``)."""
     artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if auth:
@@ -59,7 +62,7 @@ def start(backend: str, host: str, port: int, artifacts: Path, auth: bool = Fals
     out = open(log, "ab") if log else None
     return subprocess.Popen(server_command(backend, host, port, artifacts, auth), env=env,
                             stdout=out, stderr=subprocess.STDOUT if out else None,
-                            start_new_session=True)
+                            start_new_session=own_session)
 
 
 def serve(backend: Optional[str], host: str, port: int, artifacts: Optional[str], auth: bool) -> int:
@@ -73,7 +76,8 @@ def serve(backend: Optional[str], host: str, port: int, artifacts: Optional[str]
     shown = socket.getfqdn() if host == "0.0.0.0" else host
     print(f"tracking server: backend {backend}, artifacts {artifact_dir}")
     print(f"point jobs at it with: export MLFLOW_TRACKING_URI=http://{shown}:{port}", flush=True)
-    proc = start(backend, host, port, artifact_dir, auth)
+    proc = start(backend, host, port, artifact_dir, auth, own_session=False)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # stop the server with us
     try:
         return proc.wait()
     except KeyboardInterrupt:
