@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -24,7 +25,7 @@ def _chromium() -> str:
     return path
 
 
-def _browse(chromium, url, profile, *action, height=5000) -> subprocess.CompletedProcess:
+def _browse(chromium, url, profile, *action, height=8000) -> subprocess.CompletedProcess:
     # A tall window: the UI only renders the charts that are on screen.
     return subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                            f"--window-size=1400,{height}", "--virtual-time-budget=30000", *action, url],
@@ -42,8 +43,13 @@ def test_ui_shows_the_runs_loss_curves(workdir, pima_csv, mlflow_server, tmp_pat
     run = client.search_runs([exp.experiment_id])[0]
     url = f"{mlflow_server.url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/model-metrics"
     profile = tmp_path_factory.mktemp("chromium-profile")
-    dom = _browse(chromium, url, profile, "--dump-dom").stdout
-    for chart in ("diabetes_mlp (loss)", "diabetes_mlp (val_loss)", "(generalization_gap)"):
+    charts = ("diabetes_mlp (loss)", "diabetes_mlp (val_loss)", "(generalization_gap)")
+    for attempt in range(3):  # a cold server answers the UI's first requests slowly
+        dom = _browse(chromium, url, profile, "--dump-dom").stdout
+        if all(chart in dom for chart in charts):
+            break
+        time.sleep(5)
+    for chart in charts:
         assert chart in dom, f"chart {chart!r} not in the rendered page"
     shot = workdir / "mlflow-ui.png"
     _browse(chromium, url, profile, f"--screenshot={shot}", height=1000)
