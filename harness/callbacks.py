@@ -132,13 +132,46 @@ class Reporter(tf.keras.callbacks.Callback):
 
 
 class Checkpointer(tf.keras.callbacks.Callback):
-    """Rank 0: atomic checkpoint every N epochs and after the last one."""
+    """Rank 0: atomic checkpoint every N epochs and after the last one.
 
-    def __init__(self, directory: Path, every: int, total: int, make_state: Callable):
+    A preemptible job (under SLURM) also keeps the variables of the last epoch
+    boundary in host memory when that epoch was not written, so a preemption
+    between two checkpoints can still leave the last finished epoch on disk.
+    """
+
+    def __init__(self, directory: Path, every: int, total: int, make_state: Callable,
+                 saved_epoch: Optional[int], start_epoch: int, preemptible: bool):
         super().__init__()
         self.directory, self.every, self.total, self.make_state = directory, every, total, make_state
+        self.saved_epoch, self.start, self.preemptible = saved_epoch, start_epoch, preemptible
+        self.boundary: Optional[tuple] = None  # (epochs done, variable values) not yet on disk
+
+    def on_train_begin(self, logs=None):
+        if self.preemptible and self.saved_epoch != self.start:
+            self._remember_boundary(self.start)
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
         if done % self.every == 0 or done == self.total or self.model.stop_training:
-            checkpoint.save(self.directory, self.model, self.model.optimizer, self.make_state(done))
+            self._save(done)
+        elif self.preemptible:
+            self._remember_boundary(done)
+
+    def save_boundary(self) -> int:
+        """After a preemption: make sure the last finished epoch is on disk; its epoch count."""
+        if self.boundary is not None:
+            done, values = self.boundary
+            for variable, value in zip(self._variables(), values):
+                variable.assign(value)
+            self._save(done)
+        return self.saved_epoch
+
+    def _save(self, done: int) -> None:
+        checkpoint.save(self.directory, self.model, self.model.optimizer, self.make_state(done))
+        self.saved_epoch, self.boundary = done, None
+
+    def _remember_boundary(self, done: int) -> None:
+        self.boundary = (done, [v.numpy() for v in self._variables()])
+
+    def _variables(self) -> list:
+        return list(self.model.weights) + list(self.model.optimizer.variables())

@@ -27,6 +27,16 @@ def _spec_args(parser) -> None:
                         help="override a spec field, e.g. --set training.epochs=3 (repeatable)")
 
 
+def _slurm_args(parser) -> None:
+    _spec_args(parser)
+    parser.add_argument("--nodes", type=int, help="overrides resources.nodes")
+    parser.add_argument("--gpus-per-node", type=int, help="overrides resources.gpus_per_node")
+    parser.add_argument("--partition", help="overrides resources.partition")
+    parser.add_argument("--time", help="overrides resources.time (HH:MM:SS or D-HH:MM:SS)")
+    parser.add_argument("--cluster", default="",
+                        help="cluster profile name or YAML path (default $HARNESS_CLUSTER or lars)")
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="harness", description="Data-parallel Keras training on "
                            "Horovod, tracked in MLflow, on a workstation or a SLURM cluster.")
@@ -42,12 +52,17 @@ def build_parser() -> OneLineParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     p = verbs.add_parser("render", help="print the sbatch script for a spec")
-    _spec_args(p)
-    p.add_argument("--nodes", type=int, help="overrides resources.nodes")
-    p.add_argument("--gpus-per-node", type=int, help="overrides resources.gpus_per_node")
-    p.add_argument("--partition", help="overrides resources.partition")
-    p.add_argument("--time", help="overrides resources.time (HH:MM:SS or D-HH:MM:SS)")
-    p.add_argument("--cluster", default="", help="cluster profile (default $HARNESS_CLUSTER or lars)")
+    _slurm_args(p)
+
+    p = verbs.add_parser("submit", help="validate, render and sbatch a spec")
+    _slurm_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything (sbatch --test-only) and print the script; submit nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint an earlier job left in checkpoint.dir")
+
+    p = verbs.add_parser("status", help="the harness's SLURM jobs and their latest epoch")
+    p.add_argument("job_id", nargs="?", help="one job (default: all jobs submitted from here)")
 
     p = verbs.add_parser("report", help="print a run's summary from MLflow")
     p.add_argument("run_id")
@@ -101,18 +116,31 @@ def resource_overrides(args) -> list[str]:
 
 
 def cmd_render(args) -> int:
-    import os
-
     from harness.cluster import load_cluster
     from harness.loader import load_spec
     from harness.sbatch import render_sbatch
+    from tracking.run import tracking_uri
     overrides = args.overrides + resource_overrides(args)
     spec = load_spec(args.spec, overrides)
     repo = Path(__file__).resolve().parents[1]
     log_dir = (Path.cwd() / "runs" / spec.name / "slurm").resolve()
     print(render_sbatch(spec, load_cluster(args.cluster), repo, log_dir, overrides,
-                        os.environ.get("MLFLOW_TRACKING_URI", "")), end="")
+                        tracking_uri(), workdir=Path.cwd()), end="")
     return 0
+
+
+def cmd_submit(args) -> int:
+    from harness.cluster import load_cluster
+    from harness.loader import load_spec
+    from harness.submission import prepare, submit
+    overrides = args.overrides + resource_overrides(args)
+    spec = load_spec(args.spec, overrides)
+    return submit(prepare(spec, load_cluster(args.cluster), overrides, args.resume), args.dry_run)
+
+
+def cmd_status(args) -> int:
+    from harness.job_status import show
+    return show(args.job_id)
 
 
 def cmd_report(args) -> int:
@@ -134,8 +162,8 @@ def cmd_tracking(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "render": cmd_render, "report": cmd_report,
-            "tracking": cmd_tracking}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "render": cmd_render, "submit": cmd_submit,
+            "status": cmd_status, "report": cmd_report, "tracking": cmd_tracking}
 
 
 def main(argv=None) -> int:

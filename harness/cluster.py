@@ -25,6 +25,8 @@ class Partition:
     max_time: str = field(metadata=doc("the partition's time limit"))
     launch: str = field(default="srun-pmix", metadata=doc("srun-pmix, srun-pmi2 or mpirun"))
     nccl: Any = field(default=None, metadata=doc("NCCL environment variables"))
+    gres: bool = field(default=True, metadata=doc(
+        "request GPUs with --gres=gpu:G; false on a CPU-only partition (gpus_per_node = processes)"))
 
     def __post_init__(self):
         if self.launch not in LAUNCH_METHODS:
@@ -47,7 +49,7 @@ class Cluster:
         name = name or self.default_partition
         if name not in self.partitions:
             raise UserError(f"resources.partition={name!r}: cluster {self.name} has "
-                            f"{', '.join(sorted(self.partitions))}")
+                            f"{', '.join(sorted(self.partitions))} (choose with --partition)")
         return name, self.partitions[name]
 
 
@@ -78,7 +80,7 @@ def check_fit(resources: ResourcesSpec, cluster: Cluster) -> tuple[str, Partitio
         raise UserError(f"resources.gpus_per_node={resources.gpus_per_node}: partition {name} has "
                         f"{part.gpus_per_node} GPUs per node; use 1..{part.gpus_per_node}")
     if resources.gpus_per_node < 1:
-        raise UserError(f"resources.gpus_per_node=0: partition {name} is a GPU partition; "
+        raise UserError(f"resources.gpus_per_node=0: partition {name} needs one process per GPU; "
                         f"use 1..{part.gpus_per_node}")
     if resources.nodes > part.nodes:
         raise UserError(f"resources.nodes={resources.nodes}: partition {name} has {part.nodes} "

@@ -7,7 +7,7 @@ from types import ModuleType
 
 import horovod.tensorflow as hvd
 
-from harness import checkpoint, node_telemetry, overfitting, trainer
+from harness import checkpoint, node_telemetry, overfitting, preemption, trainer
 from harness.distributed import init_process
 from harness.spec import JobSpec
 from tracking import open_tracker
@@ -34,6 +34,8 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
                 tracker.log_model(outcome.model)
         tracker.finish("FINISHED")
         return 0
+    except preemption.Preempted as stop:
+        return preempted(stop, ctx, tracker)
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted (Ctrl-C or SIGTERM)")
         raise
@@ -43,6 +45,20 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     finally:
         if sampler is not None:
             sampler.stop()
+
+
+def preempted(stop: preemption.Preempted, ctx, tracker) -> int:
+    """The run waits, KILLED for now, for the requeued job to resume it."""
+    where = f"checkpoint at epoch {stop.checkpoint_epoch}"
+    if ctx.is_chief:
+        print(f"preemption signal: stopped during epoch {stop.epoch + 1} on every rank; {where}; "
+              f"exiting {preemption.EXIT_REQUEUE} so the job requeues", flush=True)
+    # One value per attempt: the run's history shows every preemption, requeue count = step.
+    tracker.log_metrics({"slurm/preempted_in_epoch": stop.epoch + 1}, step=ctx.slurm.restart_count)
+    # The lead time (minutes) leaves room to send every queued metric before exiting.
+    tracker.finish("KILLED", f"preempted during epoch {stop.epoch + 1}; {where}; requeued",
+                   flush_s=30.0)
+    return preemption.EXIT_REQUEUE
 
 
 def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,

@@ -12,12 +12,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
+import horovod.tensorflow as hvd_core  # broadcast_object is not in the Keras module
 import horovod.tensorflow.keras as hvd
 import numpy as np
 import tensorflow as tf
 
 from harness import callbacks as cb
-from harness import checkpoint, sharding
+from harness import checkpoint, preemption, sharding
 from harness.distributed import ProcessContext, trainable_fingerprints
 from harness.errors import RunFailed
 from harness.jobs import Splits
@@ -99,17 +100,23 @@ def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
     splits: Splits = job.load_data(spec.data, spec.training.seed)
     model, target_lr = compile_model(job, spec, ctx)
     history, start = [], 0
+    # Slots exist from the start: a checkpoint taken before the first step holds them too.
+    model.optimizer._create_all_weights(model.trainable_variables)
     if resume_state is not None:
         # Every rank reads the checkpoint (it lives on a shared filesystem), so all start equal.
-        model.optimizer._create_all_weights(model.trainable_variables)
         state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer)
         history, start = list(state.history), state.epoch
     train_ds, steps, per_step = training_batches(job, spec, splits, ctx, start)
     watch = cb.OverfitWatch(history, spec.training.patience, spec.training.early_stopping)
-    callbacks = callbacks_for(spec, ctx, tracker, watch, steps, per_step, target_lr)
+    callbacks = callbacks_for(spec, ctx, tracker, watch, steps, per_step, target_lr,
+                              resumed=resume_state is not None, start=start)
     if start < spec.training.epochs:
-        model.fit(train_ds, validation_data=validation_dataset(job, spec, splits, ctx), epochs=spec.training.epochs,
-                  initial_epoch=start, callbacks=callbacks, verbose=0)
+        try:
+            model.fit(train_ds, validation_data=validation_dataset(job, spec, splits, ctx),
+                      epochs=spec.training.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
+        except preemption.Preempted as stop:
+            stop.checkpoint_epoch = leave_checkpoint(callbacks, ctx)
+            raise
     check_ranks_agree(model, ctx)
     final = job.evaluate(model, splits) if ctx.is_chief and hasattr(job, "evaluate") else {}
     clock = next(c for c in callbacks if isinstance(c, cb.EpochClock))
@@ -126,9 +133,18 @@ def check_ranks_agree(model: tf.keras.Model, ctx: ProcessContext) -> None:
         print(f"weights identical on all {ctx.size} ranks (sha1 {prints[0][:12]})", flush=True)
 
 
+def leave_checkpoint(callbacks: list, ctx: ProcessContext) -> int:
+    """Rank 0 puts the last finished epoch on disk; no rank leaves before it is there."""
+    saver = next((c for c in callbacks if isinstance(c, cb.Checkpointer)), None)
+    epoch = saver.save_boundary() if saver is not None else None
+    return hvd_core.broadcast_object(epoch, root_rank=0, name="harness.preempted_checkpoint")
+
+
 def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.OverfitWatch,
-                  steps: int, samples_per_step: np.ndarray, target_lr: float) -> list:
+                  steps: int, samples_per_step: np.ndarray, target_lr: float,
+                  resumed: bool = False, start: int = 0) -> list:
     t = spec.training
+    preemptible = ctx.slurm.in_step  # SLURM may send the warning signal; locally nobody does
     chain = [
         # Start every rank from rank 0's weights (matters after a resume on one rank's files).
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
@@ -138,11 +154,15 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         cb.EpochClock(samples_per_step, ctx.size),
         watch,
     ]
+    if preemptible:
+        # After the metric averaging: a stop between batches never splits an allreduce.
+        chain.append(preemption.make_guard())
     if ctx.is_chief:
         chain.append(cb.Reporter(tracker, t.epochs, steps, spec.tracking.batch_metrics_every))
         chain.append(cb.Checkpointer(
             spec.checkpoint_dir, spec.checkpoint.every_epochs, t.epochs,
             lambda done: checkpoint.CheckpointState(
-                epoch=done, history=watch.history, run_id=tracker.run_id,
-                signature=checkpoint.model_signature(watch.model))))
+                epoch=done, history=watch.history[:done], run_id=tracker.run_id,
+                signature=checkpoint.model_signature(watch.model)),
+            saved_epoch=start if resumed else None, start_epoch=start, preemptible=preemptible))
     return chain

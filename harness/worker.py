@@ -11,6 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from harness import preemption
 from harness.errors import RunFailed, UserError
 from harness.jobs import resolve_job
 from harness.loader import load_spec
@@ -30,6 +31,7 @@ def _terminate_as_interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
+    preemption.install()  # first: SLURM's warning may come while TensorFlow still imports
     args = _parse(argv)
     spec = load_spec(args.spec, args.overrides)
     job = resolve_job(spec.job, Path(spec.spec_path).parent)

@@ -197,13 +197,15 @@ class MlflowTracker:
         for entry in history:
             self.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
 
-    def finish(self, status: str, reason: str = "") -> None:
+    def finish(self, status: str, reason: str = "", flush_s: Optional[float] = None) -> None:
         if self.finished:
             return
         self.finished = True
         # Killed: horovodrun or SLURM follow SIGTERM with SIGKILL within seconds, so flush briefly
         # and leave the rest in the fallback file rather than lose it mid-send.
-        unsent = self.sender.close(deadline_s=3.0 if status == "KILLED" else FINAL_FLUSH_S)
+        if flush_s is None:
+            flush_s = 3.0 if status == "KILLED" else FINAL_FLUSH_S
+        unsent = self.sender.close(deadline_s=flush_s)
         if unsent:
             print(f"tracking: {unsent} metric values could not reach {self.uri} "
                   f"({self.sender.last_error}); saved to {self.sender.fallback}. "

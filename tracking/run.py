@@ -52,6 +52,7 @@ def open_tracker(spec: JobSpec, ctx, resume_state) -> object:
     if run_id:
         already = logged_steps(client, run_id)
         client.update_run(run_id, status="RUNNING")
+        _forget_failure(client, run_id)
     else:
         run_id = _create_run(client, spec, ctx)
     fallback = spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl"
@@ -60,6 +61,12 @@ def open_tracker(spec: JobSpec, ctx, resume_state) -> object:
     if resume_state is not None:
         tracker.backfill(resume_state.history)
     return tracker
+
+
+def _forget_failure(client, run_id: str) -> None:
+    """A resumed run is running again: the last attempt's reason no longer applies."""
+    if "failure_reason" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "failure_reason")
 
 
 def _create_run(client, spec: JobSpec, ctx) -> str:

@@ -34,5 +34,5 @@ class NullTracker:
     def log_model(self, model) -> None:
         pass
 
-    def finish(self, status: str, reason: str = "") -> None:
+    def finish(self, status: str, reason: str = "", flush_s: Optional[float] = None) -> None:
         pass

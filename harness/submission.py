@@ -1,0 +1,207 @@
+"""``harness submit``: validate a job for the cluster, render its script, and queue it.
+
+Every check runs before anything is written or submitted; each failure is one
+line naming the field and what would work (exit 2).  The script lands beside
+the job's logs only once SLURM has accepted the job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from harness import checkpoint
+from harness.cluster import Cluster, Partition, check_fit
+from harness.errors import UserError
+from harness.sbatch import SIGNAL_LEAD_S, render_sbatch
+from harness.spec import JobSpec
+
+REPO = Path(__file__).resolve().parents[1]
+MIN_WORK_S = 60  # time to train at all once the warning's lead time is taken off the limit
+MPI_LAUNCHES = ("srun-pmix", "srun-pmi2", "mpirun")  # Horovod joins ranks through MPI for all
+
+
+@dataclass(frozen=True)
+class Submission:
+    spec: JobSpec
+    partition: str
+    script: str
+    log_dir: Path
+    tracking_uri: str
+
+
+def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], resume: bool) -> Submission:
+    """Every check, then the rendered script (nothing written yet)."""
+    from tracking.run import check_reachable, tracking_uri
+    partition, part = check_fit(spec.resources, cluster)
+    uri = tracking_uri()
+    check_time(spec)
+    check_tracking_uri(spec, uri)
+    check_launch(part)
+    checkpoint.plan_resume(spec.checkpoint_dir, resume)  # refuse to clobber an earlier job's
+    check_checkpoint_interval(spec, uri)
+    check_reachable(spec)
+    workdir = Path.cwd()
+    log_dir = (workdir / "runs" / spec.name / "slurm").resolve()
+    script = render_sbatch(spec, cluster, REPO, log_dir, overrides, uri, workdir=workdir)
+    return Submission(spec, partition, script, log_dir, uri)
+
+
+def check_time(spec: JobSpec) -> None:
+    needed = SIGNAL_LEAD_S + MIN_WORK_S
+    if spec.resources.time_seconds < needed:
+        raise UserError(
+            f"resources.time={spec.resources.time!r}: SLURM warns {SIGNAL_LEAD_S} s before the limit "
+            f"to leave time for the checkpoint, so the job needs at least {needed // 60} minutes; "
+            f"ask for --time {needed // 60}:00 or more")
+
+
+def check_tracking_uri(spec: JobSpec, uri: str) -> None:
+    """SQLite (or a plain folder) on a shared filesystem breaks under writers on several nodes."""
+    if spec.resources.nodes > 1 and not uri.startswith(("http://", "https://", "postgresql", "mysql")):
+        raise UserError(
+            f"MLFLOW_TRACKING_URI={uri}: a local SQLite file or folder is refused for a "
+            f"{spec.resources.nodes}-node job (SQLite on a shared filesystem corrupts when several "
+            "nodes write); start a server on the head node (harness tracking serve --host 0.0.0.0) "
+            "and export MLFLOW_TRACKING_URI=http://HEAD-NODE:5000")
+
+
+def horovod_has_mpi() -> bool:
+    """Whether the job's Horovod (TensorFlow extension) was linked against MPI.
+
+    `horovodrun --check-build` answers the same but imports every framework
+    (20 s here); the extension's dynamic-library list is read in milliseconds.
+    """
+    try:
+        import horovod
+    except ImportError:
+        raise UserError("horovod: not installed in this environment; run make setup") from None
+    libs = list((Path(horovod.__file__).parent / "tensorflow").glob("mpi_lib*.so"))
+    if not libs:
+        raise UserError("horovod: built without TensorFlow support; run make setup") from None
+    return b"libmpi.so" in libs[0].read_bytes()
+
+
+def check_launch(part: Partition) -> None:
+    if part.launch in MPI_LAUNCHES and not horovod_has_mpi():
+        raise UserError(
+            f"launch={part.launch}: the partition starts ranks through MPI, but this Horovod is "
+            "built without MPI (horovodrun --check-build shows [ ] MPI); rebuild it with "
+            "HOROVOD_WITH_MPI=1 (make setup does, when mpicc is installed)")
+
+
+def earlier_epoch_seconds(spec: JobSpec, uri: str) -> Optional[tuple[float, str]]:
+    """(seconds per epoch, run id) from the latest earlier run of this experiment, if any."""
+    if not spec.tracking.enabled:
+        return None
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None  # no earlier run, and opening it would create the database
+    try:
+        from tracking.mlflow_tracker import MlflowClient
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(spec.experiment)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], "metrics.`time/epoch_s` > 0",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    except Exception:  # an estimate only: an unreachable server is reported by check_reachable
+        return None
+    if not runs:
+        return None
+    return runs[0].data.metrics["time/epoch_s"], runs[0].info.run_id
+
+
+def check_checkpoint_interval(spec: JobSpec, uri: str) -> None:
+    """The first checkpoint must come before the warning, or the job can never make progress."""
+    estimate = earlier_epoch_seconds(spec, uri)
+    if estimate is None:
+        return
+    epoch_s, run_id = estimate
+    budget = spec.resources.time_seconds - SIGNAL_LEAD_S
+    every = spec.checkpoint.every_epochs
+    if epoch_s > budget:
+        raise UserError(
+            f"resources.time={spec.resources.time!r}: one epoch took {epoch_s:.0f} s in run "
+            f"{run_id[:8]}, more than the {budget} s before SLURM's warning; a requeued job "
+            "would never finish an epoch. Ask for more time")
+    if every * epoch_s > budget:
+        fits = max(1, int(budget // epoch_s))
+        print(f"note: checkpoint.every_epochs={every} at ~{epoch_s:.0f} s per epoch (run "
+              f"{run_id[:8]}) is longer than the {budget} s before the warning; a preemption "
+              f"checkpoints the last finished epoch anyway, but every_epochs<={fits} keeps a "
+              "crash's loss within the allocation", file=sys.stderr)
+
+
+def test_only(script_path: Path) -> Optional[str]:
+    """`sbatch --test-only`: None if SLURM would accept the job, else its reason."""
+    done = subprocess.run(["sbatch", "--test-only", str(script_path)], capture_output=True, text=True)
+    if done.returncode == 0:
+        return None
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit {done.returncode}"]
+    return lines[-1].replace("sbatch: error: ", "")
+
+
+def submit(sub: Submission, dry_run: bool) -> int:
+    """Test, queue, then keep the script and a record beside the logs; print where things are."""
+    have_sbatch = shutil.which("sbatch") is not None
+    if not have_sbatch and not dry_run:
+        raise UserError("sbatch: not found; this is not a SLURM login node. `harness render` "
+                        "prints the script, `harness run` trains on this machine")
+    scratch = Path(tempfile.mkdtemp(prefix="harness-submit-"))
+    pending = scratch / f"{sub.spec.name}.sbatch"
+    pending.write_text(sub.script)
+    try:
+        refused = test_only(pending) if have_sbatch else None
+        if refused:
+            raise UserError(f"sbatch --test-only refused {sub.spec.name} on partition "
+                            f"{sub.partition}: {refused}")
+        if dry_run:
+            print(sub.script, end="")
+            checked = "SLURM would accept it" if have_sbatch else "sbatch not found: not tested"
+            print(f"dry run: nothing submitted ({checked})", file=sys.stderr)
+            return 0
+        sub.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here
+        job_id = queue(pending)
+        script = sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch"
+        shutil.move(pending, script)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    record(sub, job_id, script)
+    print_submitted(sub, job_id, script)
+    return 0
+
+
+def queue(script: Path) -> str:
+    done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit {done.returncode}"]
+        raise UserError(f"sbatch refused the job: {lines[-1].replace('sbatch: error: ', '')}")
+    return done.stdout.strip().split(";")[0]  # "id" or "id;cluster"
+
+
+def record(sub: Submission, job_id: str, script: Path) -> None:
+    """What `harness status` needs once SLURM has forgotten the job."""
+    checkpoint.atomic_write_text(sub.log_dir / f"{job_id}.json", json.dumps({
+        "job_id": job_id, "name": sub.spec.name, "spec": sub.spec.spec_path,
+        "script": str(script), "log_dir": str(sub.log_dir), "tracking_uri": sub.tracking_uri,
+        "experiment": sub.spec.experiment, "epochs": sub.spec.training.epochs,
+        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }, indent=1))
+
+
+def print_submitted(sub: Submission, job_id: str, script: Path) -> None:
+    r = sub.spec.resources
+    print(f"submitted job {job_id}: {sub.spec.name} on {sub.partition}, {r.nodes} node(s) x "
+          f"{r.gpus_per_node} process(es), time limit {r.time}")
+    print(f"script:   {script}")
+    print(f"logs:     {sub.log_dir / f'{sub.spec.name}-{job_id}.out'} (and .err)")
+    print(f"mlflow:   {sub.tracking_uri}, experiment {sub.spec.experiment!r}, "
+          f"run tagged slurm.job_id={job_id}")
+    print(f"follow:   harness status {job_id}")
