@@ -72,3 +72,24 @@ def mlflow_server(tmp_path_factory):
     srv = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real one-node SLURM (munge, slurmctld, slurmd from Debian) for the session."""
+    from slurm_dev import DevSlurm
+    reason = None
+    if os.geteuid() != 0:
+        reason = "the dev SLURM needs root (slurmd starts jobs as their owner)"
+    cluster = DevSlurm(Path(os.environ.get("HARNESS_SLURM_DEV", "/tmp/lars-slurm-dev")))
+    if reason is None:
+        try:
+            cluster.start()
+        except subprocess.CalledProcessError as e:
+            reason = f"slurm/dev/start.sh failed: {(e.stderr or e.stdout or '').strip()[-300:]}"
+    if reason:
+        if os.environ.get("HARNESS_REQUIRE_ALL"):
+            pytest.fail(f"SLURM is required in CI: {reason}")
+        pytest.skip(reason)
+    yield cluster
+    cluster.stop()

@@ -43,7 +43,8 @@ start_munge() {
     chmod 0400 /etc/munge/munge.key
     if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
         say "starting munged"
-        munged --force --num-threads=2
+        munged --force --num-threads=2 2>>"$STATE/munged.log"
+        touch "$STATE/munged.ours"  # stop.sh stops only a munged this script started
     fi
 }
 
@@ -125,6 +126,7 @@ start_daemons() {
 }
 
 install_packages
+mkdir -p "$STATE"
 start_munge
 write_config
 start_daemons

@@ -11,4 +11,8 @@ for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null
 done
+if [[ -f $STATE/munged.ours ]]; then
+    kill "$(cat /run/munge/munged.pid 2>/dev/null)" 2>/dev/null
+    rm -f "$STATE/munged.ours"
+fi
 echo "slurm-dev: stopped (state and logs kept in $STATE)"

@@ -1,0 +1,217 @@
+"""`harness submit` and `harness status` against a real one-node SLURM (slurm/dev/).
+
+The jobs are real: sbatch runs the rendered script, srun --mpi=pmix starts two
+Horovod ranks over MPI, and they log into a real mlflow server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, run_cli
+
+pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
+DIABETES = REPO / "jobs" / "diabetes_mlp.yaml"
+
+
+def _submit(slurm, workdir, pima_csv, uri, experiment, *extra, cluster_env=True):
+    env = dict(slurm.env, MLFLOW_TRACKING_URI=uri) if uri else dict(slurm.env)
+    if not cluster_env:
+        env.pop("HARNESS_CLUSTER")
+    return run_cli("submit", DIABETES, "--partition", "debug", "--gpus-per-node", "2",
+                   "--set", f"data.csv={pima_csv}", "--set", f"tracking.experiment={experiment}",
+                   *extra, cwd=workdir, env=env, timeout=120)
+
+
+def _job_id(done) -> str:
+    assert done.returncode == 0, done.stderr
+    return re.search(r"submitted job (\d+)", done.stdout).group(1)
+
+
+def _log(workdir: Path, job_id: str, stream: str = "out") -> str:
+    path = workdir / "runs" / "diabetes_mlp" / "slurm" / f"diabetes_mlp-{job_id}.{stream}"
+    return path.read_text() if path.exists() else ""
+
+
+def _wait_for_line(workdir, job_id, pattern, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if re.search(pattern, _log(workdir, job_id)):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{pattern!r} not in job {job_id}'s log after {timeout_s} s:\n{_log(workdir, job_id)}")
+
+
+def _only_run(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return client, runs[0]
+
+
+def _steps(client, run_id, key="loss") -> list:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pima_csv, mlflow_server):
+    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-complete",
+                   "--set", "training.epochs=4")
+    job_id = _job_id(done)
+    assert f"run tagged slurm.job_id={job_id}" in done.stdout
+    script = workdir / "runs" / "diabetes_mlp" / "slurm" / f"diabetes_mlp-{job_id}.sbatch"
+    assert script.is_file() and "srun --mpi=pmix" in script.read_text()
+
+    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 240)
+    log = _log(workdir, job_id)
+    assert info["JobState"] == "COMPLETED", log
+    assert "2 process(es)" in log and "weights identical on all 2 ranks" in log
+
+    client, run = _only_run(mlflow_server.url, "slurm-complete")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["slurm.job_id"] == job_id and run.data.params["processes"] == "2"
+    assert _steps(client, run.info.run_id) == [0, 1, 2, 3]
+
+    status = run_cli("status", job_id, cwd=workdir, env=slurm.env)
+    assert status.returncode == 0, status.stderr
+    assert "COMPLETED" in status.stdout and "epoch 4/4" in status.stdout
+
+
+def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir, pima_csv,
+                                                                 mlflow_server):
+    # Small batches make epochs of about a second; checkpoints every 3 epochs, so a signal
+    # after epoch 4 also exercises the checkpoint of an epoch boundary kept in memory.
+    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-preempt",
+                   "--set", "training.epochs=10", "--set", "training.batch_size=2",
+                   "--set", "checkpoint.every_epochs=3")
+    job_id = _job_id(done)
+    _wait_for_line(workdir, job_id, r"epoch +4/10")
+    slurm.cmd("scancel", "--signal=USR2", "--batch", job_id)  # what SLURM sends before preemption
+
+    deadline = time.monotonic() + 120
+    while slurm.job(job_id).get("Restarts") != "1":
+        assert time.monotonic() < deadline, f"job {job_id} did not requeue: {slurm.job(job_id)}"
+        time.sleep(0.5)
+    # SLURM holds a requeued job for ~2 minutes (BeginTime); release it now to keep the test short.
+    slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
+    log = _log(workdir, job_id)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log
+
+    stopped = re.search(r"stopped during epoch (\d+) on every rank; checkpoint at epoch (\d+)", log)
+    assert stopped, log
+    interrupted, saved = int(stopped.group(1)), int(stopped.group(2))
+    assert saved >= 4 and interrupted == saved + 1  # no finished epoch lost
+    assert f"resuming at epoch {saved + 1}" in log
+    assert f"requeueing job {job_id}" in _log(workdir, job_id, "err")
+
+    client, run = _only_run(mlflow_server.url, "slurm-preempt")
+    assert run.info.status == "FINISHED"
+    for key in ("loss", "val_loss", "generalization_gap"):
+        assert _steps(client, run.info.run_id, key) == list(range(10)), key  # each epoch once
+    assert run.data.tags["slurm.restart_count"] == "1"
+    assert run.data.tags["resumed_from_epoch"] == str(saved)
+    preempted = client.get_metric_history(run.info.run_id, "slurm/preempted_in_epoch")
+    assert [(m.step, m.value) for m in preempted] == [(0, interrupted)]
+    assert "failure_reason" not in run.data.tags
+
+
+def test_scancel_without_requeue_keeps_the_checkpoint_and_marks_the_run_killed(
+        slurm, workdir, pima_csv, mlflow_server):
+    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-cancel",
+                   "--set", "training.epochs=30", "--set", "training.batch_size=2",
+                   "--set", "checkpoint.every_epochs=1")
+    job_id = _job_id(done)
+    _wait_for_line(workdir, job_id, r"epoch +2/30")
+    slurm.cmd("scancel", job_id)
+    info = slurm.wait_state(job_id, {"CANCELLED", "COMPLETED", "FAILED"}, 120)
+    assert info["JobState"] == "CANCELLED"
+
+    pointer = json.loads((workdir / "runs" / "diabetes_mlp" / "checkpoints" / "latest.json").read_text())
+    assert pointer["epoch"] >= 2
+    deadline = time.monotonic() + 30
+    while (_only_run(mlflow_server.url, "slurm-cancel")[1].info.status == "RUNNING"
+           and time.monotonic() < deadline):
+        time.sleep(1)
+    client, run = _only_run(mlflow_server.url, "slurm-cancel")
+    assert run.info.status == "KILLED"
+    assert _steps(client, run.info.run_id)[: pointer["epoch"]] == list(range(pointer["epoch"]))
+
+
+def _lars_two_nodes():
+    return ["--cluster", "lars", "--partition", "rtx2080ti", "--nodes", "2", "--gpus-per-node", "1"]
+
+
+BAD_SUBMISSIONS = [
+    (["--gpus-per-node", str(os.cpu_count() + 1)], "GPUs per node; use 1..", True),
+    (["--time", "3-00:00:00"], "allows at most 1-00:00:00", True),
+    (["--time", "00:02:00"], "needs at least 3 minutes", True),
+    (["--partition", "gpu"], "choose with --partition", True),
+    (["--set", "data.csv=/nonexistent/pima.csv"], "file not found", True),
+    (["--set", "training.epochs=0"], "training.epochs", True),
+    (["--time", "soon"], "resources.time='soon'", True),
+    (_lars_two_nodes(), "refused for a 2-node job", False),  # SQLite default, two nodes
+]
+
+
+@pytest.mark.parametrize("args,words,dev_cluster", BAD_SUBMISSIONS,
+                         ids=["too-many-tasks", "time-too-long", "time-too-short", "no-such-partition",
+                              "missing-data", "bad-field", "bad-time", "sqlite-multinode"])
+def test_bad_submissions_exit_2_and_queue_nothing(slurm, workdir, pima_csv, args, words, dev_cluster):
+    before = slurm.queue()
+    done = _submit(slurm, workdir, pima_csv, "", "slurm-bad", *args, cluster_env=dev_cluster)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr
+    assert slurm.queue() == before
+    assert not (workdir / "runs").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_a_job_slurm_itself_refuses_is_caught_by_test_only(slurm, workdir, pima_csv, tmp_path):
+    # A profile that promises more cores than the node has: our checks pass, sbatch --test-only not.
+    profile = Path(slurm.env["HARNESS_CLUSTER"]).read_text()
+    profile = re.sub(r"gpus_per_node: \d+", "gpus_per_node: 64", profile)
+    profile = re.sub(r"cpus_per_node: \d+", "cpus_per_node: 64", profile)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(profile)
+    before = slurm.queue()
+    done = _submit(slurm, workdir, pima_csv, "", "slurm-bad", "--gpus-per-node", "16",
+                   "--cluster", str(wrong))
+    assert done.returncode == 2 and "sbatch --test-only refused" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and slurm.queue() == before
+    assert not (workdir / "runs").exists()
+
+
+def test_existing_checkpoint_needs_resume(slurm, workdir, pima_csv):
+    ckpt = workdir / "runs" / "diabetes_mlp" / "checkpoints"
+    (ckpt / "epoch-00002").mkdir(parents=True)
+    (ckpt / "epoch-00002" / "meta.json").write_text(json.dumps({"format": 1, "epoch": 2}))
+    (ckpt / "latest.json").write_text(json.dumps({"format": 1, "checkpoint": "epoch-00002", "epoch": 2}))
+    done = _submit(slurm, workdir, pima_csv, "", "slurm-bad")
+    assert done.returncode == 2 and "pass --resume" in done.stderr, done.stderr
+    assert not (workdir / "runs" / "diabetes_mlp" / "slurm").exists()
+
+
+def test_dry_run_prints_the_script_and_submits_nothing(slurm, workdir, pima_csv):
+    before = slurm.queue()
+    done = _submit(slurm, workdir, pima_csv, "", "slurm-dry", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("#!/bin/bash") and "SLURM would accept it" in done.stderr
+    assert slurm.queue() == before and not (workdir / "runs").exists()
+
+
+def test_horovod_here_is_built_with_mpi_and_a_build_without_is_refused(monkeypatch):
+    from harness import submission
+    from harness.cluster import load_cluster
+    from harness.errors import UserError
+    assert submission.horovod_has_mpi()  # the real extension: srun --mpi=pmix needs it
+    monkeypatch.setattr(submission, "horovod_has_mpi", lambda: False)
+    _, part = load_cluster("lars").partition("rtx2080ti")
+    with pytest.raises(UserError, match="built without MPI"):
+        submission.check_launch(part)
