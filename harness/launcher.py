@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-_PREFIX = re.compile(r"^\[(\d+)\]<(stdout|stderr)>:(.*)$")
+_PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")  # gloo [1], mpirun [1,0]
 _FIRST_FAILED = re.compile(r"^Process name: \S*?(\d+)\]?\s*$")
 _FAILED_CODE = re.compile(r"^Exit code: (-?\d+)")
 
@@ -41,11 +41,13 @@ def worker_command(spec_path: str, overrides: Sequence[str], resume: bool) -> li
     return cmd + (["--resume"] if resume else [])
 
 
-def launch_command(processes: int, worker: list[str]) -> list[str]:
-    if processes == 1:
+def launch_command(processes: int, worker: list[str], controller: str = "gloo") -> list[str]:
+    """horovodrun on localhost; ``controller`` gloo (default) or mpi (mpirun underneath)."""
+    if processes == 1 and controller == "gloo":
         return worker
     horovodrun = str(Path(sys.executable).with_name("horovodrun"))
-    return [horovodrun, "--gloo", "-np", str(processes), "-H", f"localhost:{processes}", *worker]
+    return [horovodrun, f"--{controller}", "-np", str(processes), "-H", f"localhost:{processes}",
+            *worker]
 
 
 def worker_env() -> dict:
@@ -93,12 +95,14 @@ def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
     print(text if rank == 0 else f"[rank {rank}] {text}", file=out, flush=True)
 
 
-def run_processes(processes: int, worker: list[str]) -> int:
+def run_processes(processes: int, worker: list[str], controller: str = "gloo",
+                  extra_env: Optional[dict] = None) -> int:
     """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted)."""
-    cmd = launch_command(processes, worker)
+    cmd = launch_command(processes, worker, controller)
     report = FailureReport()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=worker_env(), start_new_session=True, bufsize=1)
+                            env=dict(worker_env(), **(extra_env or {})), start_new_session=True,
+                            bufsize=1)
     try:
         for line in proc.stdout:
             relay(line.rstrip("\n"), report)

@@ -1,6 +1,7 @@
 """One training process from start to end: init, tracking, training, summary, run status."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from types import ModuleType
@@ -25,6 +26,8 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
+        if os.environ.get(MEASURE_ALLREDUCE):
+            measure_communication(spec, outcome, tracker)
         telemetry_lines, samples = node_telemetry.finish(sampler, ctx, tracker)
         sampler = None
         if ctx.is_chief:
@@ -45,6 +48,16 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     finally:
         if sampler is not None:
             sampler.stop()
+
+
+MEASURE_ALLREDUCE = "HARNESS_MEASURE_ALLREDUCE"  # set by `harness scale` for its model
+
+
+def measure_communication(spec: JobSpec, outcome, tracker) -> None:
+    """Every rank: time an allreduce of this model's gradient size; rank 0 logs it."""
+    from harness.probe import measure_gradient_allreduce
+    figures = measure_gradient_allreduce(outcome.model, spec.training.fp16_allreduce)
+    tracker.log_metrics(figures, step=0)
 
 
 def preempted(stop: preemption.Preempted, ctx, tracker) -> int:

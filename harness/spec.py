@@ -59,6 +59,10 @@ class TrainingSpec:
         default=False, metadata=doc("stop once overfitting is seen and restore the best weights"))
     patience: int = field(
         default=3, metadata=doc("epochs val_loss must rise while loss falls to call it overfitting"))
+    fp16_allreduce: bool = field(
+        default=False, metadata=doc("send gradients as float16 (Horovod compression): half the bytes"))
+    mixed_precision: bool = field(
+        default=False, metadata=doc("Keras mixed_float16 policy: float16 compute, float32 weights"))
 
     def __post_init__(self):
         _require(1 <= self.epochs <= 100_000, "epochs", self.epochs, "use 1..100000")

@@ -88,9 +88,13 @@ def validation_dataset(job: ModuleType, spec: JobSpec, splits: Splits,
 
 
 def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[tf.keras.Model, float]:
+    t = spec.training
+    if t.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")  # before the layers exist
     model = job.build_model(spec.data)
-    target = scaled_rate(spec.training.learning_rate, spec.training.lr_scaling, ctx.size)
-    optimizer = hvd.DistributedOptimizer(_OPTIMIZERS[spec.training.optimizer](target))
+    target = scaled_rate(t.learning_rate, t.lr_scaling, ctx.size)
+    compression = hvd.Compression.fp16 if t.fp16_allreduce else hvd.Compression.none
+    optimizer = hvd.DistributedOptimizer(_OPTIMIZERS[t.optimizer](target), compression=compression)
     model.compile(optimizer=optimizer, loss=job.LOSS, metrics=list(getattr(job, "METRICS", ())))
     return model, target
 

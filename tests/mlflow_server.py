@@ -9,14 +9,14 @@ from tracking import server
 
 
 class MlflowServer:
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = server.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
+        self.root, self.host = root, host
+        self.port = server.free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.proc = None
 
     def start(self) -> "MlflowServer":
-        self.proc = server.start(f"sqlite:///{self.root / 'server.db'}", "127.0.0.1", self.port,
+        self.proc = server.start(f"sqlite:///{self.root / 'server.db'}", self.host, self.port,
                                  self.root / "artifacts", log=self.root / "server.log")
         server.wait_ready(self.url, self.proc)
         return self

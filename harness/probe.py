@@ -1,0 +1,211 @@
+"""``harness probe``: a pre-flight of the allocation or this machine, run on every rank.
+
+Hosts, GPUs (NVML inventory), versions, the Horovod build, and an allreduce
+bandwidth sweep with Horovod and with mpi4py, reported as bus bandwidth
+(the nccl-tests convention).  Started like a training: ``harness probe``
+launches it on local processes; inside a SLURM allocation run
+``srun --mpi=pmix .venv/bin/python -m harness.probe``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from harness.comm_model import bus_bandwidth
+
+DEFAULT_SIZES = [1024 * 4 ** k for k in range(10)]  # 1 KB .. 256 MB
+MIN_SECONDS, MIN_ITERS, MAX_ITERS = 0.2, 3, 50
+
+
+def time_allreduce(reduce_once: Callable[[], None], barrier: Callable[[], None]) -> float:
+    """Median seconds of one allreduce: a warm-up, then repeats until 0.2 s or 50 iterations.
+
+    Every rank must run the same number of iterations, so the stopping rule uses
+    the iteration count agreed from the first timing, never a local clock alone.
+    """
+    reduce_once()  # warm-up: buffers, fusion, connections
+    barrier()
+    start = time.perf_counter()
+    reduce_once()
+    first = time.perf_counter() - start
+    iterations = agree(int(min(MAX_ITERS, max(MIN_ITERS, MIN_SECONDS / max(first, 1e-6)))))
+    times = []
+    for _ in range(iterations):
+        barrier()
+        start = time.perf_counter()
+        reduce_once()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+_agree: Callable[[int], int] = lambda value: value  # noqa: E731  set by the backend in use
+
+
+def agree(value: int) -> int:
+    return _agree(value)
+
+
+def horovod_sweep(sizes: list[int]) -> list[dict]:
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    global _agree
+    _agree = lambda v: int(hvd.allreduce(tf.constant(v), op=hvd.Max, name="probe.agree"))  # noqa: E731
+    n = hvd.size()
+    results = []
+    for nbytes in sizes:
+        tensor = tf.ones([max(1, nbytes // 4)], dtype=tf.float32)
+        name = f"probe.{nbytes}"
+        seconds = time_allreduce(lambda: hvd.allreduce(tensor, op=hvd.Sum, name=name).numpy(),
+                                 lambda: hvd.allreduce(tf.constant(0), name="probe.barrier").numpy())
+        results.append(_row("horovod", nbytes, n, seconds))
+    return results
+
+
+def mpi_sweep(sizes: list[int]) -> tuple[list[dict], str]:
+    """mpi4py's Allreduce; empty with a reason when these processes are not one MPI job."""
+    global _agree
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        return [], f"mpi4py unavailable ({e})"
+    comm = MPI.COMM_WORLD
+    import horovod.tensorflow as hvd
+    if comm.Get_size() != hvd.size():
+        return [], (f"not launched by MPI (MPI world size {comm.Get_size()}, Horovod size "
+                    f"{hvd.size()}: horovodrun --gloo); use --launcher mpi or srun --mpi=pmix")
+    _agree = lambda v: comm.allreduce(v, op=MPI.MAX)  # noqa: E731
+    results = []
+    for nbytes in sizes:
+        send = np.ones(max(1, nbytes // 4), dtype=np.float32)
+        recv = np.empty_like(send)
+        seconds = time_allreduce(lambda: comm.Allreduce(send, recv, op=MPI.SUM), comm.Barrier)
+        results.append(_row("mpi4py", nbytes, comm.Get_size(), seconds))
+    return results, ""
+
+
+def _row(backend: str, nbytes: int, n: int, seconds: float) -> dict:
+    row = {"backend": backend, "bytes": nbytes, "ranks": n, "seconds": seconds,
+           "algbw_GBps": nbytes / seconds / 1e9}
+    row["busbw_GBps"] = bus_bandwidth(nbytes, n, seconds) / 1e9 if n > 1 else float("nan")
+    return row
+
+
+def inventory() -> dict:
+    """This process's view: host, GPUs by NVML, versions, the Horovod build."""
+    import horovod.tensorflow as hvd
+    from harness.telemetry import visible_gpus
+    from tracking.provenance import versions
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        gpus = [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in visible_gpus(pynvml)]
+    except Exception as e:  # no driver here: say so, the sweep still runs on the CPU
+        gpus = [{"error": type(e).__name__}]
+    build = {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built()),
+             "controller": "mpi" if hvd.mpi_enabled() else "gloo"}
+    return {"host": socket.gethostname(), "rank": hvd.rank(), "local_rank": hvd.local_rank(),
+            "gpus": gpus, "versions": versions(), "horovod_build": build}
+
+
+def format_report(nodes: list[dict], rows: list[dict], mpi_note: str) -> str:
+    hosts = sorted({n["host"] for n in nodes})
+    first = nodes[0]
+    lines = [f"probe: {len(nodes)} process(es) on {len(hosts)} host(s): {', '.join(hosts)}"]
+    for host in hosts:
+        gpus = next(n["gpus"] for n in nodes if n["host"] == host)
+        names = [g.get("name") or f"none ({g.get('error')})" for g in gpus] or ["none"]
+        lines.append(f"  {host}: GPUs {', '.join(names)}")
+    b = first["horovod_build"]
+    lines.append("horovod build: " + ", ".join(k for k in ("mpi", "gloo", "nccl") if b[k])
+                 + f"; controller in use: {b['controller']}")
+    lines.append("versions: " + ", ".join(f"{k.removeprefix('version.')} {v}"
+                                          for k, v in sorted(first["versions"].items())))
+    lines.append(f"{'backend':<8} {'bytes':>11} {'time':>10} {'algbw GB/s':>11} {'busbw GB/s':>11}")
+    for r in rows:
+        lines.append(f"{r['backend']:<8} {r['bytes']:>11} {r['seconds'] * 1e3:>8.3f}ms "
+                     f"{r['algbw_GBps']:>11.4g} {r['busbw_GBps']:>11.4g}")
+    if mpi_note:
+        lines.append(f"mpi4py: skipped, {mpi_note}")
+    return "\n".join(lines)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="harness.probe")
+    parser.add_argument("--sizes", default="", help="bytes, comma-separated (default 1 KB..256 MB)")
+    parser.add_argument("--out", default="", help="write the results as JSON here (rank 0)")
+    parser.add_argument("--log", action="store_true", help="log to MLflow (experiment 'probe')")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES
+    import horovod.tensorflow as hvd
+    from harness.distributed import init_process
+    ctx = init_process(seed=0)
+    nodes = hvd.allgather_object(inventory())
+    rows = horovod_sweep(sizes)
+    mpi_rows, mpi_note = mpi_sweep(sizes)
+    if ctx.is_chief:
+        result = {"nodes": nodes, "sweep": rows + mpi_rows, "mpi_note": mpi_note}
+        print(format_report(nodes, rows + mpi_rows, mpi_note), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+        if args.log:
+            log_probe(result)
+    return 0
+
+
+def log_probe(result: dict) -> Optional[str]:
+    """One MLflow run in experiment 'probe': bus bandwidth per size (step = bytes)."""
+    import mlflow
+    from tracking.run import tracking_uri
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment("probe")
+    with mlflow.start_run(run_name="probe") as run:
+        hosts = sorted({n["host"] for n in result["nodes"]})
+        mlflow.log_params({"ranks": len(result["nodes"]), "hosts": ",".join(hosts)})
+        for r in result["sweep"]:
+            if r["ranks"] > 1:
+                mlflow.log_metric(f"probe/{r['backend']}_busbw_GBps", r["busbw_GBps"], step=r["bytes"])
+            mlflow.log_metric(f"probe/{r['backend']}_seconds", r["seconds"], step=r["bytes"])
+        mlflow.log_dict(result, "probe.json")
+        print(f"probe: logged to MLflow run {run.info.run_id} at {tracking_uri()}", flush=True)
+        return run.info.run_id
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def gradient_bytes(model, fp16: bool) -> int:
+    """Bytes one rank's gradients put on the wire per step (halved by fp16 compression)."""
+    elements = sum(int(v.shape.num_elements()) for v in model.trainable_variables)
+    return elements * (2 if fp16 else 4)
+
+
+def measure_gradient_allreduce(model, fp16: bool) -> dict:
+    """Every rank: time one allreduce of the model's gradient size; the communication model's input."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    global _agree
+    _agree = lambda v: int(hvd.allreduce(tf.constant(v), op=hvd.Max, name="probe.agree"))  # noqa: E731
+    nbytes = gradient_bytes(model, fp16)
+    figures = {"comm/gradient_bytes": nbytes,
+               "model/trainable_parameters": sum(int(v.shape.num_elements())
+                                                 for v in model.trainable_variables)}
+    if hvd.size() > 1:
+        tensor = tf.ones([nbytes // (2 if fp16 else 4)], dtype=tf.float16 if fp16 else tf.float32)
+        seconds = time_allreduce(
+            lambda: hvd.allreduce(tensor, op=hvd.Sum, name="probe.gradients").numpy(),
+            lambda: hvd.allreduce(tf.constant(0), name="probe.barrier").numpy())
+        figures["comm/allreduce_s"] = seconds
+        figures["comm/busbw_GBps"] = bus_bandwidth(nbytes, hvd.size(), seconds) / 1e9
+    return figures

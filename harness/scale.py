@@ -1,0 +1,222 @@
+"""``harness scale``: one job at several sizes, a child MLflow run each, and why it scales as it does.
+
+For every size N the job trains ``repeats`` + 1 epochs; the first is warm-up
+and each later epoch is one timing window (samples/s after its first step).
+Each size is a child run of one parent run for the sweep (tag ``sweep.id``).
+The workers also time an allreduce of the model's gradient size, which the
+communication model (harness.comm_model) turns into a predicted efficiency.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from harness import comm_model, launcher, scaling
+from harness.errors import RunFailed, UserError
+from harness.loader import load_spec
+from harness.session import MEASURE_ALLREDUCE
+from harness.spec import JobSpec
+
+WARMUP_EPOCHS = 1
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass
+class SizeResult:
+    processes: int
+    run_id: str
+    windows: list  # samples/s of each timing window
+    metrics: dict  # the child run's latest metrics
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    spec_path: str
+    overrides: list
+    sizes: list
+    repeats: int
+    local: bool
+    layout: str
+    cluster: str
+
+
+def size_overrides(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str) -> list[str]:
+    """The job as the sweep runs it at size N: timing windows, no early stop, its own checkpoints."""
+    folder = Path("runs") / spec.name / "scale" / sweep_id / f"np{n}"
+    return plan.overrides + [f"training.epochs={plan.repeats + WARMUP_EPOCHS}",
+                             "training.early_stopping=false", f"checkpoint.dir={folder}",
+                             f"checkpoint.every_epochs={plan.repeats + WARMUP_EPOCHS}"]
+
+
+def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict) -> None:
+    worker = launcher.worker_command(plan.spec_path, size_overrides(plan, spec, n, sweep_id), False)
+    if launcher.run_processes(n, worker, extra_env=env) != 0:
+        raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
+
+
+def submit_size(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict,
+                after: Optional[str]) -> str:
+    """Queue size N as its own job, after the previous size (sizes must not share nodes)."""
+    from harness.cluster import load_cluster
+    from harness.submission import prepare, queue_script
+    cluster = load_cluster(plan.cluster)
+    _, part = cluster.partition(spec.resources.partition)
+    try:
+        nodes, per_node = scaling.layout(n, part.gpus_per_node, part.nodes, plan.layout)
+    except ValueError as e:
+        raise UserError(f"--gpus {n}: {e}") from None
+    overrides = size_overrides(plan, spec, n, sweep_id) + [
+        f"resources.nodes={nodes}", f"resources.gpus_per_node={per_node}"]
+    sized = load_spec(plan.spec_path, overrides)
+    sub = prepare(sized, cluster, overrides, resume=False)
+    dependency = [f"--dependency=afterany:{after}"] if after else []
+    return queue_script(sub, env, dependency)
+
+
+def wait_for_jobs(jobs: dict[int, str], poll_s: float = 10.0) -> None:
+    """Until every job has left the queue; then each must have COMPLETED."""
+    from harness.job_status import finished_state, queued_jobs
+    last = {}
+    while True:
+        queued = queued_jobs()
+        states = {n: queued[j]["state"] if j in queued else None for n, j in jobs.items()}
+        for n, state in states.items():
+            if state and state != last.get(n):
+                print(f"scale: job {jobs[n]} (N={n}) {state}", flush=True)
+        last = states
+        if not any(states.values()):
+            break
+        time.sleep(poll_s)
+    for n, job in jobs.items():
+        state = finished_state(job)
+        if state != "COMPLETED":
+            raise RunFailed(f"job {job} (N={n}) ended {state}; see runs/*/slurm/*-{job}.out")
+
+
+def collect(client, run_id: str, n: int) -> SizeResult:
+    history = client.get_metric_history(run_id, "throughput/samples_per_sec")
+    windows = [m.value for m in sorted(history, key=lambda m: m.step) if m.step >= WARMUP_EPOCHS]
+    if not windows:
+        raise RunFailed(f"the {n}-process run {run_id} logged no throughput after warm-up")
+    return SizeResult(n, run_id, windows, client.get_run(run_id).data.metrics)
+
+
+def gpu_utilisation(metrics: dict) -> Optional[float]:
+    values = [v for k, v in metrics.items()
+              if re.fullmatch(r"telemetry/.+/gpu_\d+/utilization_mean_percentage", k)]
+    return sum(values) / len(values) if values else None
+
+
+def rows_with_model(results: dict[int, SizeResult], batch: int) -> tuple[list, dict]:
+    """The table's rows, with the model's prediction where the allreduce was timed."""
+    rows = scaling.scale_rows({n: scaling.mean_ci(r.windows) for n, r in results.items()})
+    base = rows[0]
+    compute_s = batch / (base.throughput.mean / base.processes)  # one process's step time
+    predictions = {}
+    for i, row in enumerate(rows):
+        m = results[row.processes].metrics
+        if row.processes > 1 and m.get("comm/busbw_GBps"):
+            p = comm_model.predict(compute_s, m["comm/gradient_bytes"], row.processes,
+                                   m["comm/busbw_GBps"] * 1e9)
+            predictions[row.processes] = p
+            rows[i] = replace(row, predicted_efficiency=p.efficiency,
+                              predicted_overlap=p.efficiency_overlap)
+    return rows, predictions
+
+
+def report(client, parent: str, spec: JobSpec, rows: list, predictions: dict,
+           results: dict[int, SizeResult]) -> None:
+    from tracking import scale_report
+    print(scale_report.table(rows), flush=True)
+    grad = next((r.metrics.get("comm/gradient_bytes") for r in results.values()), None)
+    if grad:
+        print(f"model: {grad / 1e6:.2f} MB of gradients per step"
+              f"{' (fp16 compressed)' if spec.training.fp16_allreduce else ''}, "
+              f"batch {spec.training.batch_size} per process")
+    for row in rows:
+        p = predictions.get(row.processes)
+        if p is None:
+            continue
+        util = gpu_utilisation(results[row.processes].metrics)
+        print(f"N={row.processes}: step {p.compute_s * 1e3:.1f} ms compute + "
+              f"{p.allreduce_s * 1e3:.1f} ms allreduce at "
+              f"{results[row.processes].metrics['comm/busbw_GBps']:.3f} GB/s bus bandwidth; "
+              f"{comm_model.diagnose(row.efficiency, p, util)}", flush=True)
+    for row in rows:
+        client.log_metric(parent, "scale/samples_per_sec", row.throughput.mean, step=row.processes)
+        client.log_metric(parent, "scale/speedup", row.speedup, step=row.processes)
+        client.log_metric(parent, "scale/efficiency", row.efficiency, step=row.processes)
+        if not math.isnan(row.throughput.half_width):
+            client.log_metric(parent, "scale/ci95_half_width", row.throughput.half_width,
+                              step=row.processes)
+        if row.predicted_efficiency is not None:
+            client.log_metric(parent, "scale/predicted_efficiency", row.predicted_efficiency,
+                              step=row.processes)
+    with tempfile.TemporaryDirectory() as tmp:
+        title = f"{spec.name}: scaling"
+        for path in (scale_report.write_csv(rows, Path(tmp) / "scaling.csv"),
+                     scale_report.throughput_png(rows, Path(tmp) / "throughput.png", title),
+                     scale_report.efficiency_png(rows, Path(tmp) / "efficiency.png", title)):
+            client.log_artifact(parent, str(path))
+
+
+def sweep(plan: SweepPlan) -> int:
+    from tracking.mlflow_tracker import MlflowClient
+    from tracking.run import check_reachable, tracking_uri
+    spec = load_spec(plan.spec_path, plan.overrides)
+    check_reachable(spec)
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = client.get_experiment_by_name(spec.experiment)
+    exp_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
+    parent = client.create_run(exp_id, run_name=f"scale {spec.name} N={plan.sizes}", tags={
+        "sweep.id": sweep_id, "harness.kind": "scale-sweep"}).info.run_id
+    for key, value in {"sizes": ",".join(map(str, plan.sizes)), "repeats": plan.repeats,
+                       "where": "local" if plan.local else "slurm", "layout": plan.layout,
+                       "spec": plan.spec_path, "batch_size.per_process": spec.training.batch_size,
+                       "fp16_allreduce": spec.training.fp16_allreduce,
+                       "mixed_precision": spec.training.mixed_precision}.items():
+        client.log_param(parent, key, value)
+    print(f"scale: sweep {sweep_id}: sizes {plan.sizes}, {plan.repeats} timing windows each "
+          f"after {WARMUP_EPOCHS} warm-up epoch; parent run {parent} at {uri}", flush=True)
+    try:
+        children = {}
+        for n in plan.sizes:
+            children[n] = client.create_run(exp_id, run_name=f"{spec.name} N={n}", tags={
+                PARENT_TAG: parent, "sweep.id": sweep_id, "scale.processes": str(n)}).info.run_id
+        run_sizes(plan, spec, sweep_id, uri, children)
+        results = {n: collect(client, children[n], n) for n in plan.sizes}
+        rows, predictions = rows_with_model(results, spec.training.batch_size)
+        report(client, parent, spec, rows, predictions, results)
+        client.set_terminated(parent, "FINISHED")
+        print(f"scale: parent run {parent} with {len(children)} child runs; CSV and plots logged",
+              flush=True)
+        return 0
+    except KeyboardInterrupt:
+        client.set_terminated(parent, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+
+
+def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, uri: str, children: dict) -> None:
+    jobs, previous = {}, None
+    for n in plan.sizes:
+        env = {"MLFLOW_RUN_ID": children[n], "MLFLOW_TRACKING_URI": uri, MEASURE_ALLREDUCE: "1"}
+        if plan.local:
+            print(f"scale: N={n}: {n} local process(es)", flush=True)
+            run_local(plan, spec, n, sweep_id, env)
+        else:
+            previous = jobs[n] = submit_size(plan, spec, n, sweep_id, env, previous)
+            print(f"scale: N={n}: job {previous}", flush=True)
+    if jobs:
+        wait_for_jobs(jobs)

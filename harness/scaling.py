@@ -1,0 +1,98 @@
+"""Scaling arithmetic: throughput with a confidence interval, speed-up, efficiency, layouts.
+
+Pure functions on numbers, so the sweep's table can be checked on made-up timings.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+# Two-sided 95% Student t quantiles t(0.975, df) for df = 1..30; beyond that the normal 1.96.
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t95(df: int) -> float:
+    return _T95[df - 1] if 1 <= df <= len(_T95) else 1.96
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    half_width: float  # 95% confidence: mean ± half_width; nan with a single window
+    windows: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+
+def mean_ci(values: Sequence[float]) -> Interval:
+    """Mean and 95% t-interval of timing windows (samples/s of each window)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no timing windows")
+    mean = sum(values) / n
+    if n == 1:
+        return Interval(mean, float("nan"), 1)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return Interval(mean, t95(n - 1) * sd / math.sqrt(n), n)
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    processes: int
+    throughput: Interval  # samples/s over all processes
+    speedup: float  # S(N) = T(N) / T(1)
+    efficiency: float  # E(N) = S(N) / N
+    predicted_efficiency: Optional[float] = None  # from the communication model
+    predicted_overlap: Optional[float] = None  # the same, assuming communication fully overlaps
+
+    @property
+    def per_process(self) -> float:
+        return self.throughput.mean / self.processes
+
+
+def scale_rows(throughputs: dict[int, Interval]) -> list[ScaleRow]:
+    """Speed-up and efficiency against the smallest size (normally 1 process)."""
+    if not throughputs:
+        return []
+    base_n = min(throughputs)
+    base = throughputs[base_n].mean / base_n  # per-process rate of the baseline
+    rows = []
+    for n in sorted(throughputs):
+        speedup = throughputs[n].mean / base if base > 0 else float("nan")
+        rows.append(ScaleRow(n, throughputs[n], speedup, speedup / n))
+    return rows
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'1,2,4,8' -> [1, 2, 4, 8]; ValueError with the bad part otherwise."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(part)
+        sizes.append(int(part))
+    return sorted(set(sizes))
+
+
+def layout(n: int, gpus_per_node: int, nodes: int, how: str) -> tuple[int, int]:
+    """(nodes, processes per node) for N processes: packed fills nodes, spread uses one per node."""
+    if how == "spread" and n <= nodes:
+        return n, 1
+    if how == "spread":
+        raise ValueError(f"spread layout: {n} processes need {n} nodes, the partition has {nodes}")
+    per_node = min(n, gpus_per_node)
+    if n % per_node:
+        raise ValueError(f"packed layout: {n} processes do not fill nodes of {gpus_per_node} "
+                         "evenly; use sizes that are multiples of the GPUs per node")
+    if n // per_node > nodes:
+        raise ValueError(f"{n} processes need {n // per_node} nodes, the partition has {nodes}")
+    return n // per_node, per_node

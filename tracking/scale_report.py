@@ -1,0 +1,93 @@
+"""The scaling sweep's outputs: the table, its CSV, and the two plots."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from harness.scaling import ScaleRow  # noqa: E402
+
+COLUMNS = ["processes", "samples_per_s", "ci95_low", "ci95_high", "windows", "per_process",
+           "speedup", "efficiency", "predicted_efficiency", "predicted_efficiency_overlap"]
+
+
+def _maybe(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0%}"
+
+
+def table(rows: Sequence[ScaleRow]) -> str:
+    head = (f"{'N':>3} {'samples/s':>10} {'95% CI':>19} {'per proc':>9} {'speed-up':>9} "
+            f"{'efficiency':>10} {'predicted':>9} {'(overlap)':>9}")
+    lines = [head]
+    for r in rows:
+        t = r.throughput
+        ci = "-" if math.isnan(t.half_width) else f"{t.low:.0f} .. {t.high:.0f}"
+        lines.append(f"{r.processes:>3} {t.mean:>10.1f} {ci:>19} {r.per_process:>9.1f} "
+                     f"{r.speedup:>9.2f} {r.efficiency:>10.0%} {_maybe(r.predicted_efficiency):>9} "
+                     f"{_maybe(r.predicted_overlap):>9}")
+    return "\n".join(lines)
+
+
+def as_dicts(rows: Sequence[ScaleRow]) -> list[dict]:
+    return [dict(zip(COLUMNS, [r.processes, r.throughput.mean, r.throughput.low, r.throughput.high,
+                               r.throughput.windows, r.per_process, r.speedup, r.efficiency,
+                               r.predicted_efficiency, r.predicted_overlap])) for r in rows]
+
+
+def write_csv(rows: Sequence[ScaleRow], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(as_dicts(rows))
+    return path
+
+
+def throughput_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
+    """Samples/s against N with 95% intervals and the ideal line N x T(1)."""
+    n = [r.processes for r in rows]
+    mean = [r.throughput.mean for r in rows]
+    err = [0 if math.isnan(r.throughput.half_width) else r.throughput.half_width for r in rows]
+    base = rows[0].throughput.mean / rows[0].processes
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.plot(n, [base * k for k in n], "k--", lw=1, label="ideal (linear)")
+    ax.errorbar(n, mean, yerr=err, fmt="o-", capsize=4, label="measured (95% CI)")
+    ax.set_xlabel("processes (GPUs)")
+    ax.set_ylabel("samples/s")
+    ax.set_xticks(n)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def efficiency_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
+    """Measured efficiency against N, with the communication model's prediction."""
+    n = [r.processes for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="ideal")
+    ax.plot(n, [r.efficiency for r in rows], "o-", label="measured")
+    predicted = [(r.processes, r.predicted_efficiency, r.predicted_overlap) for r in rows
+                 if r.predicted_efficiency is not None]
+    if predicted:
+        ax.plot([p[0] for p in predicted], [p[1] for p in predicted], "s:", label="model, no overlap")
+        ax.plot([p[0] for p in predicted], [p[2] for p in predicted], "^:", label="model, overlap")
+    ax.set_xlabel("processes (GPUs)")
+    ax.set_ylabel("efficiency S(N)/N")
+    ax.set_ylim(0, 1.15)
+    ax.set_xticks(n)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
