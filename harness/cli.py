@@ -14,6 +14,9 @@ import yaml
 from harness.errors import RunFailed, UserError
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line and exit code 2."""
 
@@ -63,6 +66,28 @@ def build_parser() -> OneLineParser:
 
     p = verbs.add_parser("status", help="the harness's SLURM jobs and their latest epoch")
     p.add_argument("job_id", nargs="?", help="one job (default: all jobs submitted from here)")
+
+    p = verbs.add_parser("scale", help="throughput at several sizes: speed-up, efficiency, model")
+    p.add_argument("spec", nargs="?", default=str(REPO / "jobs" / "synthetic.yaml"),
+                   help="the job to sweep (default jobs/synthetic.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field (repeatable)")
+    p.add_argument("--gpus", default="1,2,4,8", help="sizes to run, e.g. 1,2,4,8 (default)")
+    p.add_argument("--layout", default="auto", choices=["auto", "packed", "spread"],
+                   help="on SLURM: fill few nodes (packed, auto) or one GPU per node (spread)")
+    p.add_argument("--repeats", type=int, default=5, help="timing windows (epochs) per size after "
+                   "one warm-up epoch (default 5)")
+    p.add_argument("--local", action="store_true", help="local processes instead of SLURM jobs")
+    p.add_argument("--partition", help="SLURM partition (default: the spec's or the cluster's)")
+    p.add_argument("--cluster", default="", help="cluster profile (default $HARNESS_CLUSTER or lars)")
+
+    p = verbs.add_parser("probe", help="hosts, GPUs, versions, Horovod build, allreduce bandwidth")
+    p.add_argument("--np", type=int, default=2, help="local processes (default 2)")
+    p.add_argument("--controller", default="gloo", choices=["gloo", "mpi"],
+                   help="how horovodrun joins them; mpi also runs the mpi4py sweep")
+    p.add_argument("--max-bytes", type=int, default=256 * 2 ** 20,
+                   help="largest allreduce in the 1 KB x 4^k sweep (default 256 MB)")
+    p.add_argument("--log", action="store_true", help="log the results to MLflow (experiment probe)")
 
     p = verbs.add_parser("report", help="print a run's summary from MLflow")
     p.add_argument("run_id")
@@ -143,6 +168,38 @@ def cmd_status(args) -> int:
     return show(args.job_id)
 
 
+def cmd_scale(args) -> int:
+    from harness import scaling
+    from harness.scale import SweepPlan, sweep
+    try:
+        sizes = scaling.parse_sizes(args.gpus)
+    except ValueError as e:
+        raise UserError(f"--gpus {args.gpus!r}: {str(e)!r} is not a positive integer; "
+                        "use a list like 1,2,4,8") from None
+    if args.local and max(sizes) > 64:
+        raise UserError(f"--gpus {args.gpus}: at most 64 local processes")
+    if not 2 <= args.repeats <= 1000:
+        raise UserError(f"--repeats {args.repeats}: use 2..1000 timing windows (a CI needs two)")
+    overrides = args.overrides + ([f"resources.partition={args.partition}"] if args.partition else [])
+    layout = "packed" if args.layout == "auto" else args.layout
+    return sweep(SweepPlan(args.spec, overrides, sizes, args.repeats, args.local, layout, args.cluster))
+
+
+def cmd_probe(args) -> int:
+    import sys
+
+    from harness import launcher
+    from harness.probe import DEFAULT_SIZES
+    if not 1 <= args.np <= 256:
+        raise UserError(f"--np {args.np}: use 1..256 processes")
+    sizes = [b for b in DEFAULT_SIZES if b <= args.max_bytes]
+    if not sizes:
+        raise UserError(f"--max-bytes {args.max_bytes}: the smallest allreduce is 1024 bytes")
+    worker = [sys.executable, "-m", "harness.probe", "--sizes", ",".join(map(str, sizes))]
+    # Not "--log": horovodrun would take it for its own --log-level.
+    return launcher.run_processes(args.np, worker + (["--mlflow"] if args.log else []), args.controller)
+
+
 def cmd_report(args) -> int:
     from tracking.summary import print_report
     return print_report(args.run_id)
@@ -163,7 +220,8 @@ def cmd_tracking(args) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "render": cmd_render, "submit": cmd_submit,
-            "status": cmd_status, "report": cmd_report, "tracking": cmd_tracking}
+            "status": cmd_status, "scale": cmd_scale, "probe": cmd_probe, "report": cmd_report,
+            "tracking": cmd_tracking}
 
 
 def main(argv=None) -> int:

@@ -33,9 +33,10 @@ def _pin_device(local_rank: int) -> str:
         tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpu, "GPU")
         return f"GPU {gpu.name}"
-    # On the CPU, processes share the cores: one intra-op thread each avoids oversubscription.
+    # On the CPU, processes share the cores: one thread each (intra- and inter-op) avoids
+    # oversubscription and makes N processes compare with 1 fairly in `harness scale`.
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     return "CPU"
 
 

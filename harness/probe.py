@@ -140,7 +140,7 @@ def _parse(argv):
     parser = argparse.ArgumentParser(prog="harness.probe")
     parser.add_argument("--sizes", default="", help="bytes, comma-separated (default 1 KB..256 MB)")
     parser.add_argument("--out", default="", help="write the results as JSON here (rank 0)")
-    parser.add_argument("--log", action="store_true", help="log to MLflow (experiment 'probe')")
+    parser.add_argument("--mlflow", action="store_true", help="log to MLflow (experiment probe)")
     return parser.parse_args(argv)
 
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         print(format_report(nodes, rows + mpi_rows, mpi_note), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1))
-        if args.log:
+        if args.mlflow:
             log_probe(result)
     return 0
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from harness import checkpoint
 from harness.cluster import Cluster, Partition, check_fit
@@ -150,36 +150,51 @@ def test_only(script_path: Path) -> Optional[str]:
 
 def submit(sub: Submission, dry_run: bool) -> int:
     """Test, queue, then keep the script and a record beside the logs; print where things are."""
-    have_sbatch = shutil.which("sbatch") is not None
-    if not have_sbatch and not dry_run:
-        raise UserError("sbatch: not found; this is not a SLURM login node. `harness render` "
-                        "prints the script, `harness run` trains on this machine")
-    scratch = Path(tempfile.mkdtemp(prefix="harness-submit-"))
-    pending = scratch / f"{sub.spec.name}.sbatch"
-    pending.write_text(sub.script)
-    try:
-        refused = test_only(pending) if have_sbatch else None
-        if refused:
-            raise UserError(f"sbatch --test-only refused {sub.spec.name} on partition "
-                            f"{sub.partition}: {refused}")
-        if dry_run:
-            print(sub.script, end="")
-            checked = "SLURM would accept it" if have_sbatch else "sbatch not found: not tested"
-            print(f"dry run: nothing submitted ({checked})", file=sys.stderr)
-            return 0
-        sub.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here
-        job_id = queue(pending)
-        script = sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch"
-        shutil.move(pending, script)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    record(sub, job_id, script)
-    print_submitted(sub, job_id, script)
+    if shutil.which("sbatch") is None and dry_run:
+        print(sub.script, end="")
+        print("dry run: nothing submitted (sbatch not found: not tested)", file=sys.stderr)
+        return 0
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="harness-submit-") as scratch:
+            _accepted(sub, Path(scratch))
+        print(sub.script, end="")
+        print("dry run: nothing submitted (SLURM would accept it)", file=sys.stderr)
+        return 0
+    job_id = queue_script(sub)
+    print_submitted(sub, job_id, sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch")
     return 0
 
 
-def queue(script: Path) -> str:
-    done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+def _accepted(sub: Submission, scratch: Path) -> Path:
+    """The script in a scratch folder, once `sbatch --test-only` accepts it."""
+    if shutil.which("sbatch") is None:
+        raise UserError("sbatch: not found; this is not a SLURM login node. `harness render` "
+                        "prints the script, `harness run` trains on this machine")
+    pending = scratch / f"{sub.spec.name}.sbatch"
+    pending.write_text(sub.script)
+    refused = test_only(pending)
+    if refused:
+        raise UserError(f"sbatch --test-only refused {sub.spec.name} on partition "
+                        f"{sub.partition}: {refused}")
+    return pending
+
+
+def queue_script(sub: Submission, env: Optional[dict] = None, sbatch_args: Sequence[str] = ()) -> str:
+    """Test and queue the job; keep its script and record beside the logs; its job id."""
+    with tempfile.TemporaryDirectory(prefix="harness-submit-") as scratch:
+        pending = _accepted(sub, Path(scratch))
+        sub.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here
+        job_id = queue(pending, env, sbatch_args)
+        script = sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch"
+        shutil.move(pending, script)
+    record(sub, job_id, script)
+    return job_id
+
+
+def queue(script: Path, env: Optional[dict] = None, sbatch_args: Sequence[str] = ()) -> str:
+    """`sbatch --parsable`; ``env`` is added to what the job inherits (sbatch exports ALL)."""
+    done = subprocess.run(["sbatch", "--parsable", *sbatch_args, str(script)], capture_output=True,
+                          text=True, env=dict(os.environ, **(env or {})))
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit {done.returncode}"]
         raise UserError(f"sbatch refused the job: {lines[-1].replace('sbatch: error: ', '')}")

@@ -12,6 +12,8 @@ EXPECTED = {
     "submit": {"spec", "--set", "--nodes", "--gpus-per-node", "--partition", "--time", "--cluster",
                "--dry-run", "--resume"},
     "status": {"job_id"},
+    "scale": {"spec", "--set", "--gpus", "--layout", "--repeats", "--local", "--partition", "--cluster"},
+    "probe": {"--np", "--controller", "--max-bytes", "--log"},
     "report": {"run_id"},
     "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth"},
     "tracking import": {"file"},
