@@ -4,11 +4,15 @@
     .venv/bin/python benches/scaling_cpu.py [--repeats 5]
 
 Runs `harness scale --local --gpus 1,2` twice and prints each table with the
-communication model's predicted efficiency and its diagnosis.
+communication model's predicted efficiency and its diagnosis.  First it
+measures the machine's own ceiling: the same single-threaded matrix
+multiplications in 1 and then 2 independent processes (no Horovod, no
+TensorFlow).  If two processes do not reach 2x there, no training can.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,11 +27,38 @@ MODELS = {
 }
 
 
+MATMUL = """
+import time, numpy as np
+a = np.random.default_rng(0).random((512, 512))
+start = time.perf_counter()
+for _ in range(60):
+    a @ a
+print(time.perf_counter() - start)
+"""
+
+
+def machine_ceiling() -> float:
+    """Work rate of 2 concurrent single-thread processes over 1 process alone (ideal 2.0)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def wall(k: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", MATMUL], env=env, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(k)]
+        return max(float(p.communicate()[0]) for p in procs)
+
+    one = min(wall(1) for _ in range(3))
+    two = min(wall(2) for _ in range(3))
+    return 2 * one / two
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--models", default="small_cnn,resnet50")
     args = p.parse_args()
+    ceiling = machine_ceiling()
+    print(f"machine ceiling: 2 single-thread matmul processes do {ceiling:.2f}x the work of one "
+          f"(efficiency {ceiling / 2:.0%})", flush=True)
     for name in args.models.split(","):
         cmd = [sys.executable, "-m", "harness.cli", "scale", str(REPO / "jobs" / "synthetic.yaml"),
                "--local", "--gpus", "1,2", "--repeats", str(args.repeats)]

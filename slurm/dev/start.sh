@@ -4,6 +4,7 @@
 #   bash slurm/dev/start.sh            # installs what is missing (apt), starts, waits until idle
 #   source <(bash slurm/dev/start.sh --env)   # SLURM_CONF and HARNESS_CLUSTER for this shell
 #   bash slurm/dev/stop.sh
+#   bash slurm/dev/start.sh --prereqs  # only the packages and munge
 #
 # Needs root (slurmd runs jobs as their users).  Nothing in /etc is changed: the generated
 # slurm.conf, state, logs and the matching cluster profile live in $HARNESS_SLURM_DEV
@@ -15,6 +16,7 @@ if [[ ${1:-} == --env ]]; then
     echo "export SLURM_CONF=$STATE/slurm.conf HARNESS_CLUSTER=$STATE/cluster.yaml"
     exit 0
 fi
+PREREQS_ONLY=${1:-}  # --prereqs: packages and munge only (two_nodes.sh uses that)
 say() { echo "slurm-dev: $*"; }
 die() { echo "slurm-dev: error: $*" >&2; exit 1; }
 
@@ -128,5 +130,6 @@ start_daemons() {
 install_packages
 mkdir -p "$STATE"
 start_munge
+[[ $PREREQS_ONLY == --prereqs ]] && exit 0
 write_config
 start_daemons

@@ -94,7 +94,7 @@ PROFILE
 
 start() {
     [[ $(id -u) == 0 ]] || die "must run as root"
-    bash "$(dirname "$0")/start.sh" >/dev/null  # packages and munge
+    bash "$(dirname "$0")/start.sh" --prereqs >/dev/null  # packages and munge
     network_up
     write_config
     export SLURM_CONF=$STATE/slurm.conf
