@@ -58,16 +58,7 @@ def throughput_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     ax.plot(n, [base * k for k in n], "k--", lw=1, label="ideal (linear)")
     ax.errorbar(n, mean, yerr=err, fmt="o-", capsize=4, label="measured (95% CI)")
-    ax.set_xlabel("processes (GPUs)")
-    ax.set_ylabel("samples/s")
-    ax.set_xticks(n)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, n, "samples/s", title, path)
 
 
 def efficiency_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
@@ -81,10 +72,14 @@ def efficiency_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
     if predicted:
         ax.plot([p[0] for p in predicted], [p[1] for p in predicted], "s:", label="model, no overlap")
         ax.plot([p[0] for p in predicted], [p[2] for p in predicted], "^:", label="model, overlap")
-    ax.set_xlabel("processes (GPUs)")
-    ax.set_ylabel("efficiency S(N)/N")
     ax.set_ylim(0, 1.15)
-    ax.set_xticks(n)
+    return _save(fig, ax, n, "efficiency S(N)/N", title, path)
+
+
+def _save(fig, ax, sizes: list, ylabel: str, title: str, path: Path) -> Path:
+    ax.set_xlabel("processes (GPUs)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(sizes)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
