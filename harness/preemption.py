@@ -1,4 +1,5 @@
-"""SLURM's warning signal becomes a clean stop at a batch boundary on every rank.
+"""Signals: SLURM's warning becomes a clean stop at a batch boundary on every rank; SIGTERM and
+SIGINT end the run as interrupted (KILLED).
 
 The rendered script asks SLURM for USR2 some time before preemption or the
 time limit (``--signal=B:USR2@120``) and passes it on to the job step.  The
@@ -18,6 +19,7 @@ SIGNAL = signal.SIGUSR2
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again later"; the batch script requeues on this status
 
 _requested = False
+_terminating = False
 
 
 class Preempted(Exception):
@@ -34,9 +36,24 @@ def _note_signal(signum, frame) -> None:
     _requested = True
 
 
+def _terminate(signum, frame) -> None:
+    # scancel, horovodrun tearing down, Ctrl-C.  The flag survives when the interrupt lands inside
+    # TensorFlow's C++ and comes back out as another exception type.
+    global _terminating
+    _terminating = True
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def install() -> None:
-    """Catch the warning signal; call first thing in the process, before slow imports."""
+    """Catch the warning signal, SIGTERM and SIGINT; call first, before slow imports."""
     signal.signal(SIGNAL, _note_signal)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+
+
+def terminating() -> bool:
+    """True once SIGTERM or SIGINT arrived, whatever exception it turned into."""
+    return _terminating
 
 
 def requested() -> bool:
@@ -46,6 +63,7 @@ def requested() -> bool:
 def reset() -> None:
     global _requested
     _requested = False
+_terminating = False
 
 
 def make_guard():

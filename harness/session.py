@@ -43,6 +43,9 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
         tracker.finish("KILLED", "interrupted (Ctrl-C or SIGTERM)")
         raise
     except BaseException as e:
+        if preemption.terminating():  # the signal surfaced through TF's C++ as another error
+            tracker.finish("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+            raise KeyboardInterrupt("signal") from None
         tracker.finish("FAILED", f"{type(e).__name__}: {e}"[:500])
         raise
     finally:

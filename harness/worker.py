@@ -6,7 +6,6 @@ start this; users do not call it directly.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -25,17 +24,11 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def _terminate_as_interrupt(signum, frame):
-    # SIGTERM (scancel, horovodrun tearing down) ends the run like Ctrl-C: recorded as KILLED.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv=None) -> int:
     preemption.install()  # first: SLURM's warning may come while TensorFlow still imports
     args = _parse(argv)
     spec = load_spec(args.spec, args.overrides)
     job = resolve_job(spec.job, Path(spec.spec_path).parent)
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
     from harness import session  # imports TensorFlow and Horovod: after the cheap checks
 
