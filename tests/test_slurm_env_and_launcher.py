@@ -50,3 +50,11 @@ def test_one_process_runs_without_horovodrun():
     assert launch_command(1, ["python", "-m", "harness.worker", "s.yaml"])[0] == "python"
     cmd = launch_command(2, ["python", "w"])
     assert cmd[0].endswith("horovodrun") and cmd[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
+
+
+def test_preemption_check_interval_is_cheap_and_prompt():
+    from harness.preemption import check_interval
+    assert check_interval(step_s=0.5, check_s=0.001) == 1  # slow steps: check every batch
+    assert check_interval(step_s=0.005, check_s=0.002) == 40  # 2 ms check <= 1% of 40 x 5 ms
+    assert check_interval(step_s=0.001, check_s=1.0) == 10_000  # capped: react within 10 s
+    assert check_interval(step_s=0.0, check_s=0.01) == 1
