@@ -111,3 +111,11 @@ def test_probe_under_horovodrun_gloo_reports_bus_bandwidth(workdir):
     run = client.search_runs([client.get_experiment_by_name("probe").experiment_id])[0]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "probe/horovod_busbw_GBps")]
     assert sorted(steps) == [1024, 4096, 16384, 65536]
+
+
+def test_fp16_compression_halves_the_modelled_gradient_bytes():
+    import tensorflow as tf
+    from harness.probe import gradient_bytes
+    model = tf.keras.Sequential([tf.keras.layers.Input((10,)), tf.keras.layers.Dense(5)])  # 55
+    assert gradient_bytes(model, fp16=False) == 55 * 4
+    assert gradient_bytes(model, fp16=True) == 55 * 2
