@@ -79,7 +79,7 @@ def mpi_sweep(sizes: list[int]) -> tuple[list[dict], str]:
     import horovod.tensorflow as hvd
     if comm.Get_size() != hvd.size():
         return [], (f"not launched by MPI (MPI world size {comm.Get_size()}, Horovod size "
-                    f"{hvd.size()}: horovodrun --gloo); use --launcher mpi or srun --mpi=pmix")
+                    f"{hvd.size()}: horovodrun --gloo); use --controller mpi or srun --mpi=pmix")
     _agree = lambda v: comm.allreduce(v, op=MPI.MAX)  # noqa: E731
     results = []
     for nbytes in sizes:
