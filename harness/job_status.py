@@ -60,7 +60,11 @@ def job_records(log_root: Path) -> dict[str, dict]:
             records[str(rec["job_id"])] = rec
         except (ValueError, KeyError, OSError):
             continue
-    return dict(sorted(records.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0))
+    return dict(sorted(records.items(), key=lambda kv: _job_order(kv[0])))
+
+
+def _job_order(job_id: str) -> int:
+    return int(job_id) if job_id.isdigit() else 0
 
 
 def latest_epoch(rec: dict, job_id: str) -> str:
@@ -89,7 +93,7 @@ def show(job_id: Optional[str], log_root: Path = Path("runs")) -> int:
         raise UserError("squeue: not found; `harness status` runs where SLURM's commands are")
     queued = queued_jobs()
     records = job_records(log_root)
-    ids = [job_id] if job_id else sorted(set(records) | set(queued), key=lambda j: int(j) if j.isdigit() else 0)
+    ids = [job_id] if job_id else sorted(set(records) | set(queued), key=_job_order)
     if job_id and job_id not in records and job_id not in queued:
         raise UserError(f"job {job_id}: not a harness job in squeue or under {log_root}/*/slurm/; "
                         "run harness status from the folder you submitted from")

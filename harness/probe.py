@@ -20,11 +20,13 @@ import numpy as np
 
 from harness.comm_model import bus_bandwidth
 
+MEASURE_ALLREDUCE = "HARNESS_MEASURE_ALLREDUCE"  # set by `harness scale`: workers time their model's
 DEFAULT_SIZES = [1024 * 4 ** k for k in range(10)]  # 1 KB .. 256 MB
 MIN_SECONDS, MIN_ITERS, MAX_ITERS = 0.2, 3, 50
 
 
-def time_allreduce(reduce_once: Callable[[], None], barrier: Callable[[], None]) -> float:
+def time_allreduce(reduce_once: Callable[[], None], barrier: Callable[[], None],
+                   agree_max: Callable[[int], int]) -> float:
     """Median seconds of one allreduce: a warm-up, then repeats until 0.2 s or 50 iterations.
 
     Every rank must run the same number of iterations, so the stopping rule uses
@@ -35,7 +37,7 @@ def time_allreduce(reduce_once: Callable[[], None], barrier: Callable[[], None])
     start = time.perf_counter()
     reduce_once()
     first = time.perf_counter() - start
-    iterations = agree(int(min(MAX_ITERS, max(MIN_ITERS, MIN_SECONDS / max(first, 1e-6)))))
+    iterations = agree_max(int(min(MAX_ITERS, max(MIN_ITERS, MIN_SECONDS / max(first, 1e-6)))))
     times = []
     for _ in range(iterations):
         barrier()
@@ -45,32 +47,25 @@ def time_allreduce(reduce_once: Callable[[], None], barrier: Callable[[], None])
     return float(np.median(times))
 
 
-_agree: Callable[[int], int] = lambda value: value  # noqa: E731  set by the backend in use
-
-
-def agree(value: int) -> int:
-    return _agree(value)
+def time_horovod_allreduce(nbytes: int, dtype: str = "float32") -> float:
+    """Every rank: median seconds of a Horovod allreduce of ``nbytes`` of ``dtype``."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    tensor = tf.ones([max(1, nbytes // tf.as_dtype(dtype).size)], dtype=dtype)
+    name = f"probe.{dtype}.{nbytes}"
+    return time_allreduce(
+        lambda: hvd.allreduce(tensor, op=hvd.Sum, name=name).numpy(),
+        lambda: hvd.allreduce(tf.constant(0), name="probe.barrier").numpy(),
+        lambda v: int(hvd.allreduce(tf.constant(v), op=hvd.Max, name="probe.agree")))
 
 
 def horovod_sweep(sizes: list[int]) -> list[dict]:
     import horovod.tensorflow as hvd
-    import tensorflow as tf
-    global _agree
-    _agree = lambda v: int(hvd.allreduce(tf.constant(v), op=hvd.Max, name="probe.agree"))  # noqa: E731
-    n = hvd.size()
-    results = []
-    for nbytes in sizes:
-        tensor = tf.ones([max(1, nbytes // 4)], dtype=tf.float32)
-        name = f"probe.{nbytes}"
-        seconds = time_allreduce(lambda: hvd.allreduce(tensor, op=hvd.Sum, name=name).numpy(),
-                                 lambda: hvd.allreduce(tf.constant(0), name="probe.barrier").numpy())
-        results.append(_row("horovod", nbytes, n, seconds))
-    return results
+    return [_row("horovod", nbytes, hvd.size(), time_horovod_allreduce(nbytes)) for nbytes in sizes]
 
 
 def mpi_sweep(sizes: list[int]) -> tuple[list[dict], str]:
     """mpi4py's Allreduce; empty with a reason when these processes are not one MPI job."""
-    global _agree
     try:
         from mpi4py import MPI
     except ImportError as e:
@@ -80,12 +75,12 @@ def mpi_sweep(sizes: list[int]) -> tuple[list[dict], str]:
     if comm.Get_size() != hvd.size():
         return [], (f"not launched by MPI (MPI world size {comm.Get_size()}, Horovod size "
                     f"{hvd.size()}: horovodrun --gloo); use --controller mpi or srun --mpi=pmix")
-    _agree = lambda v: comm.allreduce(v, op=MPI.MAX)  # noqa: E731
     results = []
     for nbytes in sizes:
         send = np.ones(max(1, nbytes // 4), dtype=np.float32)
         recv = np.empty_like(send)
-        seconds = time_allreduce(lambda: comm.Allreduce(send, recv, op=MPI.SUM), comm.Barrier)
+        seconds = time_allreduce(lambda: comm.Allreduce(send, recv, op=MPI.SUM), comm.Barrier,
+                                 lambda v: comm.allreduce(v, op=MPI.MAX))
         results.append(_row("mpi4py", nbytes, comm.Get_size(), seconds))
     return results, ""
 
@@ -136,6 +131,28 @@ def format_report(nodes: list[dict], rows: list[dict], mpi_note: str) -> str:
     return "\n".join(lines)
 
 
+def gradient_bytes(model, fp16: bool) -> int:
+    """Bytes one rank's gradients put on the wire per step (halved by fp16 compression)."""
+    return trainable_elements(model) * (2 if fp16 else 4)
+
+
+def trainable_elements(model) -> int:
+    return sum(int(v.shape.num_elements()) for v in model.trainable_variables)
+
+
+def measure_gradient_allreduce(model, fp16: bool) -> dict:
+    """Every rank: time one allreduce of the model's gradient size; the communication model's input."""
+    import horovod.tensorflow as hvd
+    nbytes = gradient_bytes(model, fp16)
+    figures = {"comm/gradient_bytes": nbytes,
+               "model/trainable_parameters": trainable_elements(model)}
+    if hvd.size() > 1:
+        seconds = time_horovod_allreduce(nbytes, "float16" if fp16 else "float32")
+        figures["comm/allreduce_s"] = seconds
+        figures["comm/busbw_GBps"] = bus_bandwidth(nbytes, hvd.size(), seconds) / 1e9
+    return figures
+
+
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="harness.probe")
     parser.add_argument("--sizes", default="", help="bytes, comma-separated (default 1 KB..256 MB)")
@@ -184,28 +201,3 @@ def log_probe(result: dict) -> Optional[str]:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def gradient_bytes(model, fp16: bool) -> int:
-    """Bytes one rank's gradients put on the wire per step (halved by fp16 compression)."""
-    elements = sum(int(v.shape.num_elements()) for v in model.trainable_variables)
-    return elements * (2 if fp16 else 4)
-
-
-def measure_gradient_allreduce(model, fp16: bool) -> dict:
-    """Every rank: time one allreduce of the model's gradient size; the communication model's input."""
-    import horovod.tensorflow as hvd
-    import tensorflow as tf
-    global _agree
-    _agree = lambda v: int(hvd.allreduce(tf.constant(v), op=hvd.Max, name="probe.agree"))  # noqa: E731
-    nbytes = gradient_bytes(model, fp16)
-    figures = {"comm/gradient_bytes": nbytes,
-               "model/trainable_parameters": sum(int(v.shape.num_elements())
-                                                 for v in model.trainable_variables)}
-    if hvd.size() > 1:
-        tensor = tf.ones([nbytes // (2 if fp16 else 4)], dtype=tf.float16 if fp16 else tf.float32)
-        seconds = time_allreduce(
-            lambda: hvd.allreduce(tensor, op=hvd.Sum, name="probe.gradients").numpy(),
-            lambda: hvd.allreduce(tf.constant(0), name="probe.barrier").numpy())
-        figures["comm/allreduce_s"] = seconds
-        figures["comm/busbw_GBps"] = bus_bandwidth(nbytes, hvd.size(), seconds) / 1e9
-    return figures

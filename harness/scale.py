@@ -21,7 +21,7 @@ from typing import Optional
 from harness import comm_model, launcher, scaling
 from harness.errors import RunFailed, UserError
 from harness.loader import load_spec
-from harness.session import MEASURE_ALLREDUCE
+from harness.probe import MEASURE_ALLREDUCE
 from harness.spec import JobSpec
 
 WARMUP_EPOCHS = 1

@@ -8,7 +8,7 @@ from types import ModuleType
 
 import horovod.tensorflow as hvd
 
-from harness import checkpoint, node_telemetry, overfitting, preemption, trainer
+from harness import checkpoint, node_telemetry, overfitting, preemption, probe, trainer
 from harness.distributed import init_process
 from harness.spec import JobSpec
 from tracking import open_tracker
@@ -26,7 +26,7 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
-        if os.environ.get(MEASURE_ALLREDUCE):
+        if os.environ.get(probe.MEASURE_ALLREDUCE):
             measure_communication(spec, outcome, tracker)
         telemetry_lines, samples = node_telemetry.finish(sampler, ctx, tracker)
         sampler = None
@@ -53,13 +53,9 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
             sampler.stop()
 
 
-MEASURE_ALLREDUCE = "HARNESS_MEASURE_ALLREDUCE"  # set by `harness scale` for its model
-
-
 def measure_communication(spec: JobSpec, outcome, tracker) -> None:
     """Every rank: time an allreduce of this model's gradient size; rank 0 logs it."""
-    from harness.probe import measure_gradient_allreduce
-    figures = measure_gradient_allreduce(outcome.model, spec.training.fp16_allreduce)
+    figures = probe.measure_gradient_allreduce(outcome.model, spec.training.fp16_allreduce)
     tracker.log_metrics(figures, step=0)
 
 

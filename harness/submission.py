@@ -142,8 +142,11 @@ def check_checkpoint_interval(spec: JobSpec, uri: str) -> None:
 def test_only(script_path: Path) -> Optional[str]:
     """`sbatch --test-only`: None if SLURM would accept the job, else its reason."""
     done = subprocess.run(["sbatch", "--test-only", str(script_path)], capture_output=True, text=True)
-    if done.returncode == 0:
-        return None
+    return None if done.returncode == 0 else _sbatch_reason(done)
+
+
+def _sbatch_reason(done: subprocess.CompletedProcess) -> str:
+    """sbatch's last error line, without its prefix."""
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit {done.returncode}"]
     return lines[-1].replace("sbatch: error: ", "")
 
@@ -196,8 +199,7 @@ def queue(script: Path, env: Optional[dict] = None, sbatch_args: Sequence[str] =
     done = subprocess.run(["sbatch", "--parsable", *sbatch_args, str(script)], capture_output=True,
                           text=True, env=dict(os.environ, **(env or {})))
     if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit {done.returncode}"]
-        raise UserError(f"sbatch refused the job: {lines[-1].replace('sbatch: error: ', '')}")
+        raise UserError(f"sbatch refused the job: {_sbatch_reason(done)}")
     return done.stdout.strip().split(";")[0]  # "id" or "id;cluster"
 
 

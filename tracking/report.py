@@ -29,9 +29,14 @@ def loss_curve_png(history: Sequence[dict], path: Path, title: str = "") -> Path
         ax.axvline(epochs[best], color="k", ls="--", lw=1)
         ax.annotate(f"best epoch {epochs[best]}", (epochs[best], val[best]),
                     textcoords="offset points", xytext=(6, 10))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title or "loss curves")
+    return save_figure(fig, ax, path, "epoch", "loss", title or "loss curves")
+
+
+def save_figure(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, grid and legend, then write the PNG and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.scaling import ScaleRow  # noqa: E402
+from tracking.report import save_figure  # noqa: E402
 
 COLUMNS = ["processes", "samples_per_s", "ci95_low", "ci95_high", "windows", "per_process",
            "speedup", "efficiency", "predicted_efficiency", "predicted_efficiency_overlap"]
@@ -58,7 +59,8 @@ def throughput_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     ax.plot(n, [base * k for k in n], "k--", lw=1, label="ideal (linear)")
     ax.errorbar(n, mean, yerr=err, fmt="o-", capsize=4, label="measured (95% CI)")
-    return _save(fig, ax, n, "samples/s", title, path)
+    ax.set_xticks(n)
+    return save_figure(fig, ax, path, "processes (GPUs)", "samples/s", title)
 
 
 def efficiency_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
@@ -73,17 +75,6 @@ def efficiency_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:
         ax.plot([p[0] for p in predicted], [p[1] for p in predicted], "s:", label="model, no overlap")
         ax.plot([p[0] for p in predicted], [p[2] for p in predicted], "^:", label="model, overlap")
     ax.set_ylim(0, 1.15)
-    return _save(fig, ax, n, "efficiency S(N)/N", title, path)
+    ax.set_xticks(n)
+    return save_figure(fig, ax, path, "processes (GPUs)", "efficiency S(N)/N", title)
 
-
-def _save(fig, ax, sizes: list, ylabel: str, title: str, path: Path) -> Path:
-    ax.set_xlabel("processes (GPUs)")
-    ax.set_ylabel(ylabel)
-    ax.set_xticks(sizes)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
