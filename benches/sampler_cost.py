@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.telemetry import SLOW_EVERY, Sampler  # noqa: E402
+from harness.telemetry.sampler import SLOW_EVERY, Sampler  # noqa: E402
 
 
 def timed_ticks(sampler: Sampler, ticks: int) -> tuple[list, list]:

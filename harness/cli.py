@@ -11,10 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from harness.errors import RunFailed, UserError
+from harness.errors import UserError, exit_code_of
+from harness.entrypoints import PROBE, worker_command
+from harness.files import JOBS, REPO
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,6 +39,13 @@ def _slurm_args(parser) -> None:
     parser.add_argument("--time", help="overrides resources.time (HH:MM:SS or D-HH:MM:SS)")
     parser.add_argument("--cluster", default="",
                         help="cluster profile name or YAML path (default $HARNESS_CLUSTER or lars)")
+    _sbatch_arg(parser)
+
+
+def _sbatch_arg(parser) -> None:
+    parser.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra sbatch option, e.g. --sbatch account=physics or "
+                        "--sbatch exclusive (repeatable; checked against sbatch's options)")
 
 
 def build_parser() -> OneLineParser:
@@ -68,7 +76,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("job_id", nargs="?", help="one job (default: all jobs submitted from here)")
 
     p = verbs.add_parser("scale", help="throughput at several sizes: speed-up, efficiency, model")
-    p.add_argument("spec", nargs="?", default=str(REPO / "jobs" / "synthetic.yaml"),
+    p.add_argument("spec", nargs="?", default=str(JOBS / "synthetic.yaml"),
                    help="the job to sweep (default jobs/synthetic.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field (repeatable)")
@@ -80,6 +88,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--local", action="store_true", help="local processes instead of SLURM jobs")
     p.add_argument("--partition", help="SLURM partition (default: the spec's or the cluster's)")
     p.add_argument("--cluster", default="", help="cluster profile (default $HARNESS_CLUSTER or lars)")
+    _sbatch_arg(p)
 
     p = verbs.add_parser("probe", help="hosts, GPUs, versions, Horovod build, allreduce bandwidth")
     p.add_argument("--np", type=int, default=2, help="local processes (default 2)")
@@ -106,21 +115,23 @@ def build_parser() -> OneLineParser:
 
 
 def cmd_validate(args) -> int:
-    from harness.loader import load_spec
-    from harness.spec import describe
+    from harness.spec.loader import load_spec
+    from harness.spec.schema import describe
     spec = load_spec(args.spec, args.overrides)
     print(yaml.safe_dump(describe(spec), sort_keys=False), end="")
     return 0
 
 
 def cmd_run(args) -> int:
-    from harness import checkpoint, launcher
-    from harness.jobs import resolve_job
-    from harness.loader import load_spec
+    from harness.runtime import checkpoint
+    from harness.runtime import launcher
+    from harness.spec.jobs import resolve_job
+    from harness.telemetry import nvml
+    from harness.spec.loader import load_spec
     from tracking import check_reachable
 
     spec = load_spec(args.spec, args.overrides)
-    processes = args.np if args.np is not None else max(1, launcher.local_gpu_count())
+    processes = args.np if args.np is not None else max(1, nvml.device_count())
     if not 1 <= processes <= 256:
         raise UserError(f"--np {processes}: use 1..256 processes")
     checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # refuse to clobber, before starting
@@ -128,7 +139,7 @@ def cmd_run(args) -> int:
     job = resolve_job(spec.job, Path(spec.spec_path).parent)
     if hasattr(job, "prepare_data"):
         job.prepare_data(spec.data)  # once, before the processes start: they all read the cache
-    worker = launcher.worker_command(args.spec, args.overrides, args.resume)
+    worker = worker_command(sys.executable, args.spec, args.overrides, args.resume)
     return launcher.run_processes(processes, worker)
 
 
@@ -141,36 +152,46 @@ def resource_overrides(args) -> list[str]:
 
 
 def cmd_render(args) -> int:
-    from harness.cluster import load_cluster
-    from harness.loader import load_spec
-    from harness.sbatch import render_sbatch
+    from slurm import options as sbatch_options
+    from slurm.cluster import load_cluster
+    from harness.spec.loader import load_spec
+    from slurm.render import render_sbatch
     from tracking.run import tracking_uri
     overrides = args.overrides + resource_overrides(args)
     spec = load_spec(args.spec, overrides)
-    repo = Path(__file__).resolve().parents[1]
     log_dir = (Path.cwd() / "runs" / spec.name / "slurm").resolve()
-    print(render_sbatch(spec, load_cluster(args.cluster), repo, log_dir, overrides,
-                        tracking_uri(), workdir=Path.cwd()), end="")
+    print(render_sbatch(spec, load_cluster(args.cluster), REPO, log_dir, overrides,
+                        tracking_uri(), workdir=Path.cwd(),
+                        extra=sbatch_options.parse_cli(args.sbatch)), end="")
     return 0
 
 
 def cmd_submit(args) -> int:
-    from harness.cluster import load_cluster
-    from harness.loader import load_spec
-    from harness.submission import prepare, submit
+    from slurm import options as sbatch_options
+    from slurm.cluster import load_cluster
+    from harness.spec.loader import load_spec
+    from harness.runtime import checkpoint
+    from slurm.submit import prepare, submit
+    from tracking.run import submission_facts
     overrides = args.overrides + resource_overrides(args)
     spec = load_spec(args.spec, overrides)
-    return submit(prepare(spec, load_cluster(args.cluster), overrides, args.resume), args.dry_run)
+    extra = sbatch_options.parse_cli(args.sbatch)
+    uri, estimate = submission_facts(spec)
+    cluster = load_cluster(args.cluster)
+    checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # never clobber an earlier job's
+    sub = prepare(spec, cluster, overrides, uri, estimate, extra)
+    return submit(sub, args.dry_run)
 
 
 def cmd_status(args) -> int:
-    from harness.job_status import show
-    return show(args.job_id)
+    from slurm.status import show
+    from tracking.summary import job_progress
+    return show(args.job_id, job_progress)
 
 
 def cmd_scale(args) -> int:
-    from harness import scaling
-    from harness.scale import SweepPlan, sweep
+    from harness.scaling import stats as scaling
+    from harness.scaling.sweep import SweepPlan, sweep
     try:
         sizes = scaling.parse_sizes(args.gpus)
     except ValueError as e:
@@ -182,20 +203,22 @@ def cmd_scale(args) -> int:
         raise UserError(f"--repeats {args.repeats}: use 2..1000 timing windows (a CI needs two)")
     overrides = args.overrides + ([f"resources.partition={args.partition}"] if args.partition else [])
     layout = "packed" if args.layout == "auto" else args.layout
-    return sweep(SweepPlan(args.spec, overrides, sizes, args.repeats, args.local, layout, args.cluster))
+    extra = sbatch_options.parse_cli(args.sbatch)
+    return sweep(SweepPlan(args.spec, overrides, sizes, args.repeats, args.local, layout,
+                           args.cluster, extra))
 
 
 def cmd_probe(args) -> int:
     import sys
 
-    from harness import launcher
-    from harness.probe import DEFAULT_SIZES
+    from harness.runtime import launcher
+    from harness.scaling.probe import DEFAULT_SIZES
     if not 1 <= args.np <= 256:
         raise UserError(f"--np {args.np}: use 1..256 processes")
     sizes = [b for b in DEFAULT_SIZES if b <= args.max_bytes]
     if not sizes:
         raise UserError(f"--max-bytes {args.max_bytes}: the smallest allreduce is 1024 bytes")
-    worker = [sys.executable, "-m", "harness.probe", "--sizes", ",".join(map(str, sizes))]
+    worker = [sys.executable, "-m", PROBE, "--sizes", ",".join(map(str, sizes))]
     # Not "--log": horovodrun would take it for its own --log-level.
     return launcher.run_processes(args.np, worker + (["--mlflow"] if args.log else []), args.controller)
 
@@ -225,18 +248,10 @@ COMMANDS = {"validate": cmd_validate, "run": cmd_run, "render": cmd_render, "sub
 
 
 def main(argv=None) -> int:
-    try:
+    def dispatch() -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.verb](args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except RunFailed as e:
-        print(f"run failed: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_code_of(dispatch)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.jobs import Splits
-from harness.spec import FieldError, doc
+from harness.spec.jobs import Splits
+from harness.spec.schema import FieldError, doc
 
 COLUMNS = ("pregnancies", "glucose", "diastolic", "triceps", "insulin", "bmi", "dpf", "age",
            "diabetes")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.jobs import Splits
-from harness.spec import FieldError, doc
+from harness.spec.jobs import Splits
+from harness.spec.schema import FieldError, doc
 from jobs import lens_simulation
 
 LOSS = "binary_crossentropy"

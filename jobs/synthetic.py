@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.jobs import Splits
-from harness.spec import FieldError, doc
+from harness.spec.jobs import Splits
+from harness.spec.schema import FieldError, doc
 
 LOSS = "sparse_categorical_crossentropy"
 METRICS = ()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.telemetry import Sampler  # noqa: E402
-from harness.telemetry_summary import summarize  # noqa: E402
+from harness.telemetry.sampler import Sampler  # noqa: E402
+from harness.telemetry.summary import summarize  # noqa: E402
 
 
 class Load:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +21,10 @@ class DevSlurm:
         self.started_here = False
 
     def up(self) -> bool:
+        """Whether a controller answers; False on a fresh machine where SLURM is not installed
+        yet (start.sh installs it), rather than FileNotFoundError."""
+        if shutil.which("scontrol") is None:
+            return False
         done = subprocess.run(["scontrol", "ping"], env=dict(os.environ, **self.env),
                               capture_output=True, text=True)
         return "UP" in done.stdout

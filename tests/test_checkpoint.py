@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from harness import checkpoint
+from harness.runtime import checkpoint
 from harness.errors import UserError
 
 tf = pytest.importorskip("tensorflow")

@@ -80,7 +80,7 @@ def _worker_pid(rank: int, parent_marker: str, timeout: float = 120) -> int:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"harness.worker" in cmd and parent_marker.encode() in cmd and \
+            if b"harness.runtime.worker" in cmd and parent_marker.encode() in cmd and \
                     f"HOROVOD_RANK={rank}".encode() in env:
                 return int(pid)
         time.sleep(0.5)

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import REPO
-from harness.cluster import load_cluster
+from slurm.cluster import load_cluster
 from harness.errors import UserError
-from harness.loader import load_spec
-from harness.sbatch import parse_sbatch_options, render_sbatch
+from harness.spec.loader import load_spec
+from slurm.render import parse_sbatch_options, render_sbatch
 
 GOLDEN = Path(__file__).parent / "golden"
 LARS = load_cluster("lars")
@@ -33,7 +33,9 @@ def test_golden_scripts_per_partition(partition, gpus, nodes):
     script = _render(partition, gpus, nodes=nodes)
     golden = GOLDEN / f"lensfinder_{partition}.sbatch"
     if os.environ.get("UPDATE_GOLDEN"):
+        # Rewriting never passes: review `git diff tests/golden`, then run without UPDATE_GOLDEN.
         golden.write_text(script)
+        pytest.fail(f"rewrote {golden}; review the diff and rerun without UPDATE_GOLDEN")
     assert script == golden.read_text(), f"diff against {golden} (UPDATE_GOLDEN=1 rewrites it)"
 
 

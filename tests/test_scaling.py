@@ -9,7 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, run_cli
-from harness import comm_model, scaling
+from harness.runtime import collectives
+from harness.scaling import comm_model
+from harness.scaling import stats as scaling
 
 
 def test_mean_and_95_percent_interval_match_hand_computed_values():
@@ -51,7 +53,7 @@ def test_ring_allreduce_model():
     assert comm_model.allreduce_seconds(1e8, 4, 1e10) == pytest.approx(0.015)
     assert comm_model.allreduce_seconds(1e8, 1, 1e10) == 0.0
     # bus bandwidth inverts it
-    assert comm_model.bus_bandwidth(1e8, 4, 0.015) == pytest.approx(1e10)
+    assert collectives.bus_bandwidth(1e8, 4, 0.015) == pytest.approx(1e10)
     p = comm_model.predict(compute_s=0.030, gradient_bytes=1e8, n=4, bus_bw=1e10)
     assert p.step_serial_s == pytest.approx(0.045) and p.step_overlap_s == pytest.approx(0.030)
     assert p.efficiency == pytest.approx(2 / 3) and p.efficiency_overlap == pytest.approx(1.0)
@@ -115,7 +117,7 @@ def test_probe_under_horovodrun_gloo_reports_bus_bandwidth(workdir):
 
 def test_fp16_compression_halves_the_modelled_gradient_bytes():
     import tensorflow as tf
-    from harness.probe import gradient_bytes
+    from harness.runtime.collectives import gradient_bytes
     model = tf.keras.Sequential([tf.keras.layers.Input((10,)), tf.keras.layers.Dense(5)])  # 55
     assert gradient_bytes(model, fp16=False) == 55 * 4
     assert gradient_bytes(model, fp16=True) == 55 * 2

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from harness import overfitting, sharding
-from harness.lr import rate_at, scaled_rate
-from harness.throughput import Throughput
+from harness.runtime import overfitting
+from harness.runtime import sharding
+from harness.runtime.lr import rate_at, scaled_rate
+from harness.runtime.throughput import Throughput
 
 
 @given(n=st.integers(1, 3000), size=st.integers(1, 9), batch=st.integers(1, 300),

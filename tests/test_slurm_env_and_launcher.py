@@ -6,8 +6,8 @@ import io
 import pytest
 
 from harness.errors import RunFailed
-from harness.launcher import FailureReport, launch_command, relay
-from harness.slurm_env import SlurmEnvironment
+from harness.runtime.launcher import FailureReport, launch_command, relay
+from slurm.environment import SlurmEnvironment
 
 STEP = {"SLURM_JOB_ID": "42", "SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
         "SLURM_JOB_NODELIST": "lars[01-02]", "SLURM_RESTART_COUNT": "2"}
@@ -47,13 +47,13 @@ def test_failure_report_names_the_first_failed_rank():
 
 
 def test_one_process_runs_without_horovodrun():
-    assert launch_command(1, ["python", "-m", "harness.worker", "s.yaml"])[0] == "python"
+    assert launch_command(1, ["python", "-m", "harness.runtime.worker", "s.yaml"])[0] == "python"
     cmd = launch_command(2, ["python", "w"])
     assert cmd[0].endswith("horovodrun") and cmd[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
 
 
 def test_preemption_check_interval_is_cheap_and_prompt():
-    from harness.preemption import check_interval
+    from slurm.preemption import check_interval
     assert check_interval(step_s=0.5, check_s=0.001) == 1  # slow steps: check every batch
     assert check_interval(step_s=0.005, check_s=0.002) == 40  # 2 ms check <= 1% of 40 x 5 ms
     assert check_interval(step_s=0.001, check_s=1.0) == 10_000  # capped: react within 10 s

@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO, run_cli
 from harness.cli import main
 from harness.errors import UserError
-from harness.loader import load_spec
-from harness.spec import slurm_time_seconds
+from harness.spec.loader import load_spec
+from harness.spec.schema import slurm_time_seconds
 
 JOBS = REPO / "jobs"
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from harness import telemetry_summary
-from harness.telemetry import Sampler
+from harness.telemetry import summary as telemetry_summary
+from harness.telemetry.sampler import Sampler
 
 
 class FakeNvml:

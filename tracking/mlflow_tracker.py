@@ -160,14 +160,15 @@ class MlflowTracker:
             print(f"tracking: could not upload {path} ({type(e).__name__}); it stays on disk",
                   flush=True)
 
-    def log_summary(self, spec, history, final, verdict, telemetry_lines=(), timeline=None) -> None:
+    def log_summary(self, spec, history, final, verdict, best=None, telemetry_lines=(),
+                    timeline=None) -> None:
         """Loss-curve PNG and HTML report, written beside the checkpoints and uploaded."""
         from tracking import report
         if not history:
             return
         folder = spec.checkpoint_dir.parent
         folder.mkdir(parents=True, exist_ok=True)
-        png = report.loss_curve_png(history, folder / "loss_curve.png", spec.name)
+        png = report.loss_curve_png(history, folder / "loss_curve.png", spec.name, best)
         page = folder / "report.html"
         page.write_text(report.html_report(spec.name, history, final, verdict, png,
                                            [report.telemetry_section(telemetry_lines, timeline)]))

@@ -15,41 +15,15 @@ def _version(package: str) -> str:
         return "absent"
 
 
-def versions() -> dict:
+def versions(extra: dict = ()) -> dict:
+    """Package versions (and ``extra``, e.g. the GPU driver's, passed in by the caller)."""
     found = {"python": platform.python_version()}
     for label, package in (("tensorflow", "tensorflow-cpu"), ("tensorflow", "tensorflow"),
                            ("horovod", "horovod"), ("mlflow", "mlflow"), ("numpy", "numpy")):
         if found.get(label, "absent") == "absent":
             found[label] = _version(package)
-    found.update(_cuda_versions())
+    found.update(extra)
     return {f"version.{k}": v for k, v in found.items()}
-
-
-def _cuda_versions() -> dict:
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
-            return {"nvidia_driver": driver, "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}"}
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library, or a mismatch: the run simply has no GPU versions
-        return {}
-
-
-def gpu_models() -> list[str]:
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            return [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-                    for i in range(pynvml.nvmlDeviceGetCount())]
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return []
 
 
 def git_state(where: Path) -> dict:

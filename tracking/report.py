@@ -5,18 +5,19 @@ import base64
 import html
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness import overfitting  # noqa: E402
 
 
-def loss_curve_png(history: Sequence[dict], path: Path, title: str = "") -> Path:
-    """Training and validation loss against epoch, the gap shaded, the best epoch marked."""
+def loss_curve_png(history: Sequence[dict], path: Path, title: str = "",
+                   best: Optional[int] = None) -> Path:
+    """Training and validation loss against epoch, the gap shaded, the best epoch (an index
+    into ``history``, as the caller judged it) marked."""
     epochs = [h["epoch"] for h in history]
     loss = [h["loss"] for h in history]
     val = [h.get("val_loss", float("nan")) for h in history]
@@ -24,7 +25,6 @@ def loss_curve_png(history: Sequence[dict], path: Path, title: str = "") -> Path
     ax.plot(epochs, loss, "o-", label="loss (training)")
     ax.plot(epochs, val, "s-", label="val_loss (validation)")
     ax.fill_between(epochs, loss, val, color="tab:red", alpha=0.15, label="generalization gap")
-    best = overfitting.best_epoch(history)
     if best is not None:
         ax.axvline(epochs[best], color="k", ls="--", lw=1)
         ax.annotate(f"best epoch {epochs[best]}", (epochs[best], val[best]),

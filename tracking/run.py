@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import yaml
 
 from harness.errors import UserError
-from harness.spec import JobSpec, describe, flatten
+from harness.spec.schema import JobSpec, describe, flatten
 from tracking import provenance
 from tracking.tracker import NullTracker
 
@@ -39,8 +39,41 @@ def check_reachable(spec: JobSpec) -> bool:
         return False
 
 
-def open_tracker(spec: JobSpec, ctx, resume_state) -> object:
-    """Rank 0 gets the run's tracker; every other rank the do-nothing twin."""
+def earlier_epoch_seconds(spec: JobSpec, uri: str) -> Optional[tuple[float, str]]:
+    """(seconds per epoch, run id) from the latest earlier run of this experiment, if any."""
+    if not spec.tracking.enabled:
+        return None
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None  # no earlier run, and opening it would create the database
+    try:
+        from tracking.mlflow_tracker import MlflowClient
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(spec.experiment)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], "metrics.`time/epoch_s` > 0",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    except Exception:  # an estimate only: an unreachable server is reported by check_reachable
+        return None
+    if not runs:
+        return None
+    return runs[0].data.metrics["time/epoch_s"], runs[0].info.run_id
+
+
+def submission_facts(spec: JobSpec) -> tuple[str, Optional[tuple[float, str]]]:
+    """What `harness submit` needs from tracking: the URI the job will log to (exit 2 when it is
+    required and unreachable) and an earlier run's seconds per epoch."""
+    check_reachable(spec)
+    uri = tracking_uri()
+    return uri, earlier_epoch_seconds(spec, uri)
+
+
+def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> object:
+    """Rank 0 gets the run's tracker; every other rank the do-nothing twin.
+
+    ``derived`` holds parameters the runtime computes (the scaled learning rate), passed in so
+    that tracking never imports the runtime.
+    """
     if not ctx.is_chief or not spec.tracking.enabled or not check_reachable(spec):
         return NullTracker()
     from tracking.mlflow_tracker import MlflowClient, MlflowTracker, logged_steps
@@ -57,7 +90,7 @@ def open_tracker(spec: JobSpec, ctx, resume_state) -> object:
         run_id = _create_run(client, spec, ctx)
     fallback = spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl"
     tracker = MlflowTracker(client, run_id, uri, fallback, already)
-    _record_start(tracker, spec, ctx, resume_state)
+    _record_start(tracker, spec, ctx, resume_state, dict(derived))
     if resume_state is not None:
         tracker.backfill(resume_state.history)
     return tracker
@@ -78,14 +111,13 @@ def _create_run(client, spec: JobSpec, ctx) -> str:
 
 
 def run_params(spec: JobSpec, ctx) -> dict:
-    from harness.lr import scaled_rate
     t = spec.training
     params = {f"spec.{k}": v for k, v in flatten(describe(spec)).items()}
     params.update({
         "processes": ctx.size, "batch_size.per_process": t.batch_size,
         "batch_size.global": t.batch_size * ctx.size,
-        "lr.scaled": scaled_rate(t.learning_rate, t.lr_scaling, ctx.size), "lr.rule": t.lr_scaling,
-        "hosts": ",".join(ctx.hosts), "gpu_models": ",".join(provenance.gpu_models()) or "none",
+        "lr.rule": t.lr_scaling,
+        "hosts": ",".join(ctx.hosts),
         "device": ctx.device,
     })
     params.update(provenance.versions())
@@ -93,8 +125,8 @@ def run_params(spec: JobSpec, ctx) -> dict:
     return params
 
 
-def _record_start(tracker, spec: JobSpec, ctx, resume_state) -> None:
-    tracker.log_params(run_params(spec, ctx))
+def _record_start(tracker, spec: JobSpec, ctx, resume_state, derived: dict) -> None:
+    tracker.log_params({**run_params(spec, ctx), **derived})
     tags = dict(ctx.slurm.tags())
     if resume_state is not None:
         tags["resumed_from_epoch"] = resume_state.epoch

@@ -38,3 +38,27 @@ def print_report(run_id: str) -> int:
         for flag in filter(None, tags.get("telemetry.flags", "").split(" | ")):
             print(f"flag: {flag}")
     return 0
+
+
+SHOWN_METRICS = ("loss", "val_loss", "generalization_gap", "val_accuracy")
+
+
+def job_progress(rec: dict, job_id: str) -> str:
+    """'epoch 7/20 loss 0.41 ...' from the job's MLflow run, or why it is not there."""
+    try:
+        from tracking.mlflow_tracker import MlflowClient
+        client = MlflowClient(rec["tracking_uri"])
+        experiment = client.get_experiment_by_name(rec["experiment"])
+        runs = [] if experiment is None else client.search_runs(
+            [experiment.experiment_id], f"tags.`slurm.job_id` = '{job_id}'", max_results=1)
+    except Exception as e:
+        return f"mlflow unreachable ({type(e).__name__})"
+    if not runs:
+        return "no MLflow run yet"
+    run = runs[0]
+    history = client.get_metric_history(run.info.run_id, "loss")
+    if not history:
+        return f"run {run.info.run_id[:8]} {run.info.status}, no epoch finished yet"
+    step = max(m.step for m in history)
+    values = "  ".join(f"{k} {run.data.metrics[k]:.4f}" for k in SHOWN_METRICS if k in run.data.metrics)
+    return f"run {run.info.run_id[:8]} {run.info.status}: epoch {step + 1}/{rec.get('epochs', '?')}  {values}"

@@ -25,7 +25,8 @@ class NullTracker:
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
         pass
 
-    def log_summary(self, spec, history, final, verdict, telemetry_lines=(), timeline=None) -> None:
+    def log_summary(self, spec, history, final, verdict, best=None, telemetry_lines=(),
+                    timeline=None) -> None:
         pass
 
     def log_timeline(self, spec, samples, epoch_ends):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from harness import telemetry, telemetry_summary
-from harness.distributed import ProcessContext
-from harness.spec import JobSpec
+from harness.telemetry import sampler as telemetry
+from harness.telemetry import summary as telemetry_summary
+from harness.runtime.distributed import ProcessContext
+from harness.spec.schema import JobSpec
 
 
 def _sink_for(ctx: ProcessContext, tracker, run_id: Optional[str], started: float):

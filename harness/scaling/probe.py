@@ -4,7 +4,7 @@ Hosts, GPUs (NVML inventory), versions, the Horovod build, and an allreduce
 bandwidth sweep with Horovod and with mpi4py, reported as bus bandwidth
 (the nccl-tests convention).  Started like a training: ``harness probe``
 launches it on local processes; inside a SLURM allocation run
-``srun --mpi=pmix .venv/bin/python -m harness.probe``.
+``srun --mpi=pmix .venv/bin/python -m harness.scaling.probe``.
 """
 from __future__ import annotations
 
@@ -12,51 +12,14 @@ import argparse
 import json
 import socket
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from harness.comm_model import bus_bandwidth
+from harness.runtime.collectives import bus_bandwidth, time_allreduce, time_horovod_allreduce
 
-MEASURE_ALLREDUCE = "HARNESS_MEASURE_ALLREDUCE"  # set by `harness scale`: workers time their model's
 DEFAULT_SIZES = [1024 * 4 ** k for k in range(10)]  # 1 KB .. 256 MB
-MIN_SECONDS, MIN_ITERS, MAX_ITERS = 0.2, 3, 50
-
-
-def time_allreduce(reduce_once: Callable[[], None], barrier: Callable[[], None],
-                   agree_max: Callable[[int], int]) -> float:
-    """Median seconds of one allreduce: a warm-up, then repeats until 0.2 s or 50 iterations.
-
-    Every rank must run the same number of iterations, so the stopping rule uses
-    the iteration count agreed from the first timing, never a local clock alone.
-    """
-    reduce_once()  # warm-up: buffers, fusion, connections
-    barrier()
-    start = time.perf_counter()
-    reduce_once()
-    first = time.perf_counter() - start
-    iterations = agree_max(int(min(MAX_ITERS, max(MIN_ITERS, MIN_SECONDS / max(first, 1e-6)))))
-    times = []
-    for _ in range(iterations):
-        barrier()
-        start = time.perf_counter()
-        reduce_once()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def time_horovod_allreduce(nbytes: int, dtype: str = "float32") -> float:
-    """Every rank: median seconds of a Horovod allreduce of ``nbytes`` of ``dtype``."""
-    import horovod.tensorflow as hvd
-    import tensorflow as tf
-    tensor = tf.ones([max(1, nbytes // tf.as_dtype(dtype).size)], dtype=dtype)
-    name = f"probe.{dtype}.{nbytes}"
-    return time_allreduce(
-        lambda: hvd.allreduce(tensor, op=hvd.Sum, name=name).numpy(),
-        lambda: hvd.allreduce(tf.constant(0), name="probe.barrier").numpy(),
-        lambda v: int(hvd.allreduce(tf.constant(v), op=hvd.Max, name="probe.agree")))
 
 
 def horovod_sweep(sizes: list[int]) -> list[dict]:
@@ -95,18 +58,22 @@ def _row(backend: str, nbytes: int, n: int, seconds: float) -> dict:
 def inventory() -> dict:
     """This process's view: host, GPUs by NVML, versions, the Horovod build."""
     import horovod.tensorflow as hvd
-    from harness.telemetry import visible_gpus
+    from harness.telemetry import nvml as nvml_session
+    from harness.telemetry.sampler import visible_gpus
     from tracking.provenance import versions
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        gpus = [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in visible_gpus(pynvml)]
-    except Exception as e:  # no driver here: say so, the sweep still runs on the CPU
-        gpus = [{"error": type(e).__name__}]
+    errors: list = []
+    with nvml_session.session(errors=errors) as nvml:
+        try:
+            gpus = [{"index": g.index, "name": g.name, "uuid": g.uuid}
+                    for g in visible_gpus(nvml)] if nvml else []
+        except Exception as e:  # NVML opened but cannot list: say so, the sweep still runs
+            errors.append(e)
+    if errors:  # no driver here: the sweep still runs on the CPU
+        gpus = [{"error": type(errors[0]).__name__}]
     build = {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built()),
              "controller": "mpi" if hvd.mpi_enabled() else "gloo"}
     return {"host": socket.gethostname(), "rank": hvd.rank(), "local_rank": hvd.local_rank(),
-            "gpus": gpus, "versions": versions(), "horovod_build": build}
+            "gpus": gpus, "versions": versions(nvml_session.driver_versions()), "horovod_build": build}
 
 
 def format_report(nodes: list[dict], rows: list[dict], mpi_note: str) -> str:
@@ -131,30 +98,8 @@ def format_report(nodes: list[dict], rows: list[dict], mpi_note: str) -> str:
     return "\n".join(lines)
 
 
-def gradient_bytes(model, fp16: bool) -> int:
-    """Bytes one rank's gradients put on the wire per step (halved by fp16 compression)."""
-    return trainable_elements(model) * (2 if fp16 else 4)
-
-
-def trainable_elements(model) -> int:
-    return sum(int(v.shape.num_elements()) for v in model.trainable_variables)
-
-
-def measure_gradient_allreduce(model, fp16: bool) -> dict:
-    """Every rank: time one allreduce of the model's gradient size; the communication model's input."""
-    import horovod.tensorflow as hvd
-    nbytes = gradient_bytes(model, fp16)
-    figures = {"comm/gradient_bytes": nbytes,
-               "model/trainable_parameters": trainable_elements(model)}
-    if hvd.size() > 1:
-        seconds = time_horovod_allreduce(nbytes, "float16" if fp16 else "float32")
-        figures["comm/allreduce_s"] = seconds
-        figures["comm/busbw_GBps"] = bus_bandwidth(nbytes, hvd.size(), seconds) / 1e9
-    return figures
-
-
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="harness.probe")
+    parser = argparse.ArgumentParser(prog="harness.scaling.probe")
     parser.add_argument("--sizes", default="", help="bytes, comma-separated (default 1 KB..256 MB)")
     parser.add_argument("--out", default="", help="write the results as JSON here (rank 0)")
     parser.add_argument("--mlflow", action="store_true", help="log to MLflow (experiment probe)")
@@ -165,7 +110,7 @@ def main(argv=None) -> int:
     args = _parse(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES
     import horovod.tensorflow as hvd
-    from harness.distributed import init_process
+    from harness.runtime.distributed import init_process
     ctx = init_process(seed=0)
     nodes = hvd.allgather_object(inventory())
     rows = horovod_sweep(sizes)

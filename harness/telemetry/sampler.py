@@ -11,6 +11,7 @@ GPU in bus order.  Metric names follow MLflow's system-metric prefix
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -18,17 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from harness.telemetry import nvml as nvml_session
+from harness.telemetry.nvml import MB, as_text, safe_read
+
 # Fast readings every tick; slow ones (PCIe throughput blocks ~20 ms, process lists) every SLOW_EVERY ticks.
 SLOW_EVERY = 5
 FAST_METRICS = ("utilization_percentage", "memory_utilization_percentage", "memory_usage_megabytes",
                 "power_usage_watts", "temperature_celsius", "sm_clock_mhz", "memory_clock_mhz",
                 "clock_event_reasons", "energy_joules")
 SLOW_METRICS = ("pcie_tx_kbps", "pcie_rx_kbps", "process_memory_megabytes")
-
-
-def _import_nvml():
-    import pynvml  # nvidia-ml-py
-    return pynvml
 
 
 @dataclass
@@ -51,34 +50,23 @@ def visible_gpus(nvml, env=os.environ) -> list[GpuInfo]:
     found = []
     for i in range(nvml.nvmlDeviceGetCount()):
         handle = nvml.nvmlDeviceGetHandleByIndex(i)
-        found.append((_text(nvml.nvmlDeviceGetPciInfo(handle).busId), handle))
+        found.append((as_text(nvml.nvmlDeviceGetPciInfo(handle).busId), handle))
     found.sort(key=lambda item: item[0].lower())
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() != "":
         wanted = [v.strip() for v in visible.split(",") if v.strip()]
-        by_uuid = {_text(nvml.nvmlDeviceGetUUID(h)): (b, h) for b, h in found}
+        by_uuid = {as_text(nvml.nvmlDeviceGetUUID(h)): (b, h) for b, h in found}
         found = [by_uuid[w] if w.startswith(("GPU-", "MIG-")) else found[int(w)]
                  for w in wanted if (w in by_uuid or (w.isdigit() and int(w) < len(found)))]
     gpus = []
     for index, (bus, handle) in enumerate(found):
         gpus.append(GpuInfo(
-            index=index, uuid=_text(nvml.nvmlDeviceGetUUID(handle)), pci_bus_id=bus,
-            name=_text(nvml.nvmlDeviceGetName(handle)),
-            memory_total_mb=nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
-            power_limit_w=_safe(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0, 0.0),
+            index=index, uuid=as_text(nvml.nvmlDeviceGetUUID(handle)), pci_bus_id=bus,
+            name=as_text(nvml.nvmlDeviceGetName(handle)),
+            memory_total_mb=nvml.nvmlDeviceGetMemoryInfo(handle).total / MB,
+            power_limit_w=safe_read(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0, 0.0),
             handle=handle))
     return gpus
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _safe(read: Callable, default):
-    try:
-        return read()
-    except Exception:
-        return default
 
 
 class Sampler:
@@ -90,7 +78,7 @@ class Sampler:
     """
 
     def __init__(self, sink: Callable[[dict, float], None], interval_s: float = 1.0,
-                 host: Optional[str] = None, nvml_loader: Callable = _import_nvml,
+                 host: Optional[str] = None, nvml_loader: Callable = nvml_session.import_nvml,
                  notify: Callable[[str], None] = print, psutil_module=None,
                  job_pids: Optional[set] = None):
         self.sink, self.interval_s, self.notify = sink, interval_s, notify
@@ -106,6 +94,7 @@ class Sampler:
         self._thread: Optional[threading.Thread] = None
         self._last_time: Optional[float] = None
         self._net0 = None
+        self._nvml_open = contextlib.ExitStack()
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> "Sampler":
@@ -115,7 +104,7 @@ class Sampler:
             import psutil
             self.psutil = psutil
         self.psutil.cpu_percent(None)  # the first call only sets the reference point
-        self._net0 = _safe(self.psutil.net_io_counters, None)
+        self._net0 = safe_read(self.psutil.net_io_counters, None)
         return self
 
     def start(self) -> "Sampler":
@@ -129,19 +118,21 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=max(5.0, 3 * self.interval_s))
-        if self.nvml is not None:
-            _safe(self.nvml.nvmlShutdown, None)
+        self._nvml_open.close()  # shuts NVML down
 
     def _init_nvml(self) -> None:
+        errors: list = []
+        nvml = self._nvml_open.enter_context(nvml_session.session(self.nvml_loader, errors))
         try:
-            nvml = self.nvml_loader()
-            nvml.nvmlInit()
-            self.gpus = visible_gpus(nvml)
+            self.gpus = visible_gpus(nvml) if nvml is not None else []
             self.nvml = nvml
-        except Exception as e:  # NVMLError (no driver/library) or NVMLLibraryMismatchError, or no module
+        except Exception as e:  # NVMLError or NVMLLibraryMismatchError while listing GPUs
+            errors.append(e)
+        if errors:
+            e = errors[0]
             self.notify(f"telemetry: no GPU found ({type(e).__name__}: {e}); "
                         "recording host metrics only")
-            self.gpus = []
+            self.gpus, self.nvml = [], None
             return
         if not self.gpus:
             self.notify("telemetry: NVML sees no GPU for this job; recording host metrics only")
@@ -182,12 +173,12 @@ class Sampler:
         ps = self.psutil
         memory = ps.virtual_memory()
         out = {self._name("cpu_utilization_percentage"): ps.cpu_percent(None),
-               self._name("system_memory_usage_megabytes"): (memory.total - memory.available) / 2**20,
+               self._name("system_memory_usage_megabytes"): (memory.total - memory.available) / MB,
                self._name("system_memory_usage_percentage"): memory.percent}
-        net = _safe(ps.net_io_counters, None)
+        net = safe_read(ps.net_io_counters, None)
         if net is not None and self._net0 is not None:
-            out[self._name("network_receive_megabytes")] = (net.bytes_recv - self._net0.bytes_recv) / 2**20
-            out[self._name("network_transmit_megabytes")] = (net.bytes_sent - self._net0.bytes_sent) / 2**20
+            out[self._name("network_receive_megabytes")] = (net.bytes_recv - self._net0.bytes_recv) / MB
+            out[self._name("network_transmit_megabytes")] = (net.bytes_sent - self._net0.bytes_sent) / MB
         return out
 
     def _gpu_metrics(self, gpu: GpuInfo, dt: float, slow: bool) -> dict:
@@ -237,7 +228,7 @@ class Sampler:
         return {
             "utilization_percentage": lambda: utilization("gpu"),
             "memory_utilization_percentage": lambda: utilization("memory"),
-            "memory_usage_megabytes": lambda: nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20,
+            "memory_usage_megabytes": lambda: nvml_session.memory_used_bytes(nvml, h) / MB,
             "power_usage_watts": lambda: self._power(gpu, dt),
             "temperature_celsius": lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
             "sm_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM),
@@ -272,7 +263,7 @@ class Sampler:
         """Memory used on this GPU by the job's processes (all compute processes without job_pids)."""
         procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
         used = [p.usedGpuMemory or 0 for p in procs if self.job_pids is None or p.pid in self.job_pids]
-        return sum(used) / 2**20
+        return sum(used) / MB
 
     def inventory(self) -> list[dict]:
         """What was found: for parameters and the report."""

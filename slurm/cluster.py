@@ -7,10 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.loader import read_yaml
-from harness.spec import FieldError, ResourcesSpec, build, doc, slurm_time_seconds
+from slurm import options
+from harness.spec.loader import read_yaml
+from harness.spec.schema import FieldError, ResourcesSpec, build, doc, slurm_time_seconds
 
-CLUSTERS_DIR = Path(__file__).resolve().parents[1] / "slurm" / "clusters"
+CLUSTERS_DIR = Path(__file__).resolve().parent / "clusters"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+DEFAULT_TEMPLATE = TEMPLATES_DIR / "sbatch.sh.j2"
+PROFILE_KEYS = ("name", "default_partition", "partitions", "template", "preamble", "sbatch")
 LAUNCH_METHODS = ("srun-pmix", "srun-pmi2", "mpirun")
 
 
@@ -27,6 +31,8 @@ class Partition:
     nccl: Any = field(default=None, metadata=doc("NCCL environment variables"))
     gres: bool = field(default=True, metadata=doc(
         "request GPUs with --gres=gpu:G; false on a CPU-only partition (gpus_per_node = processes)"))
+    sbatch: Any = field(default=None, metadata=doc(
+        "extra sbatch options for this partition, e.g. {constraint: turing}"))
 
     def __post_init__(self):
         if self.launch not in LAUNCH_METHODS:
@@ -44,6 +50,13 @@ class Cluster:
     name: str
     default_partition: str
     partitions: dict
+    template: Path = DEFAULT_TEMPLATE  # the Jinja2 sbatch template
+    preamble: str = ""  # site shell lines before the launch: module load, conda activate ...
+    sbatch: dict = field(default_factory=dict)  # extra sbatch options for every job
+
+    def sbatch_options(self, partition: str) -> dict:
+        """The profile's extra sbatch options for a partition (the partition's win)."""
+        return options.merged(self.sbatch, self.partitions[partition].sbatch or {})
 
     def partition(self, name: str) -> tuple[str, Partition]:
         name = name or self.default_partition
@@ -60,17 +73,42 @@ def load_cluster(name: str = "") -> Cluster:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CLUSTERS_DIR.glob("*.yaml")))
         raise UserError(f"--cluster {name!r}: no profile {path}; known clusters: {known}")
-    raw = read_yaml(path)
+    try:
+        cluster = _profile(read_yaml(path), path)
+        cluster.partition(cluster.default_partition)  # the default must exist
+    except UserError as e:
+        raise UserError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    return cluster
+
+
+def _profile(raw: dict, path: Path) -> Cluster:
+    unknown = sorted(set(map(str, raw)) - set(PROFILE_KEYS))
+    if unknown:
+        raise UserError(f"{unknown[0]}: unknown key; valid keys: {', '.join(PROFILE_KEYS)}")
     parts = raw.get("partitions")
     if not isinstance(parts, dict) or not parts:
-        raise UserError(f"{path}: partitions: expected a mapping of partition names")
-    try:
-        partitions = {k: build(Partition, v, f"partitions.{k}") for k, v in parts.items()}
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    cluster = Cluster(str(raw.get("name", path.stem)), str(raw.get("default_partition", "")), partitions)
-    cluster.partition(cluster.default_partition)  # the default must exist
-    return cluster
+        raise UserError("partitions: expected a mapping of partition names")
+    partitions = {k: build(Partition, v, f"partitions.{k}") for k, v in parts.items()}
+    for k, part in partitions.items():
+        options.check(part.sbatch, f"partitions.{k}.sbatch")
+    preamble = raw.get("preamble") or ""
+    if not isinstance(preamble, str):
+        raise UserError(f"preamble={preamble!r}: expected shell lines as a YAML block (preamble: |)")
+    return Cluster(str(raw.get("name", path.stem)), str(raw.get("default_partition", "")),
+                   partitions, template=_template(raw.get("template"), path),
+                   preamble=preamble.rstrip("\n"), sbatch=options.check(raw.get("sbatch"), "sbatch"))
+
+
+def _template(name, profile: Path) -> Path:
+    """The profile's template: a path relative to the profile, or a name in slurm/templates/."""
+    if not name:
+        return DEFAULT_TEMPLATE
+    for candidate in (profile.parent / str(name), TEMPLATES_DIR / str(name)):
+        if candidate.is_file():
+            return candidate.resolve()
+    known = ", ".join(sorted(p.name for p in TEMPLATES_DIR.glob("*.j2")))
+    raise UserError(f"template={name!r}: no such file beside the profile or in {TEMPLATES_DIR} "
+                    f"(there: {known})")
 
 
 def check_fit(resources: ResourcesSpec, cluster: Cluster) -> tuple[str, Partition]:

@@ -21,26 +21,6 @@ _FIRST_FAILED = re.compile(r"^Process name: \S*?(\d+)\]?\s*$")
 _FAILED_CODE = re.compile(r"^Exit code: (-?\d+)")
 
 
-def local_gpu_count() -> int:
-    """GPUs NVML sees on this machine; 0 without a driver."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # NVMLError (no driver) or a library mismatch: no GPU for us
-        return 0
-
-
-def worker_command(spec_path: str, overrides: Sequence[str], resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "harness.worker", spec_path]
-    for override in overrides:
-        cmd += ["--set", override]
-    return cmd + (["--resume"] if resume else [])
-
-
 def launch_command(processes: int, worker: list[str], controller: str = "gloo") -> list[str]:
     """horovodrun on localhost; ``controller`` gloo (default) or mpi (mpirun underneath)."""
     if processes == 1 and controller == "gloo":

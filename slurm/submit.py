@@ -15,17 +15,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-from harness import checkpoint
-from harness.cluster import Cluster, Partition, check_fit
+from slurm.cluster import Cluster, Partition, check_fit
 from harness.errors import UserError
-from harness.sbatch import SIGNAL_LEAD_S, render_sbatch
-from harness.spec import JobSpec
+from harness.files import REPO, atomic_write_text
+from slurm.preemption import LEAD_S as SIGNAL_LEAD_S
+from slurm.render import render_sbatch
+from harness.spec.schema import JobSpec
 
-REPO = Path(__file__).resolve().parents[1]
 MIN_WORK_S = 60  # time to train at all once the warning's lead time is taken off the limit
-MPI_LAUNCHES = ("srun-pmix", "srun-pmi2", "mpirun")  # Horovod joins ranks through MPI for all
 
 
 @dataclass(frozen=True)
@@ -37,20 +36,24 @@ class Submission:
     tracking_uri: str
 
 
-def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], resume: bool) -> Submission:
-    """Every check, then the rendered script (nothing written yet)."""
-    from tracking.run import check_reachable, tracking_uri
+def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
+            epoch_estimate: Optional[tuple[float, str]] = None,
+            extra: Mapping[str, Optional[str]] = ()) -> Submission:
+    """Every check, then the rendered script (nothing written yet).
+
+    The caller has checked the checkpoint (``--resume``) and the tracking side: ``uri`` is where the job will log (already checked
+    reachable) and ``epoch_estimate`` (seconds per epoch, run id) an earlier run's epoch time.
+    ``extra`` holds ``--sbatch`` options.
+    """
     partition, part = check_fit(spec.resources, cluster)
-    uri = tracking_uri()
     check_time(spec)
     check_tracking_uri(spec, uri)
     check_launch(part)
-    checkpoint.plan_resume(spec.checkpoint_dir, resume)  # refuse to clobber an earlier job's
-    check_checkpoint_interval(spec, uri)
-    check_reachable(spec)
+    check_checkpoint_interval(spec, epoch_estimate)
     workdir = Path.cwd()
     log_dir = (workdir / "runs" / spec.name / "slurm").resolve()
-    script = render_sbatch(spec, cluster, REPO, log_dir, overrides, uri, workdir=workdir)
+    script = render_sbatch(spec, cluster, REPO, log_dir, overrides, uri, workdir=workdir,
+                           extra=extra)
     return Submission(spec, partition, script, log_dir, uri)
 
 
@@ -90,37 +93,17 @@ def horovod_has_mpi() -> bool:
 
 
 def check_launch(part: Partition) -> None:
-    if part.launch in MPI_LAUNCHES and not horovod_has_mpi():
+    """Every launch method (srun --mpi=pmix/pmi2, mpirun) joins Horovod's ranks through MPI: a
+    Gloo-only Horovod started by srun gives N separate jobs of size 1."""
+    if not horovod_has_mpi():
         raise UserError(
             f"launch={part.launch}: the partition starts ranks through MPI, but this Horovod is "
             "built without MPI (horovodrun --check-build shows [ ] MPI); rebuild it with "
             "HOROVOD_WITH_MPI=1 (make setup does, when mpicc is installed)")
 
 
-def earlier_epoch_seconds(spec: JobSpec, uri: str) -> Optional[tuple[float, str]]:
-    """(seconds per epoch, run id) from the latest earlier run of this experiment, if any."""
-    if not spec.tracking.enabled:
-        return None
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        return None  # no earlier run, and opening it would create the database
-    try:
-        from tracking.mlflow_tracker import MlflowClient
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(spec.experiment)
-        if experiment is None:
-            return None
-        runs = client.search_runs([experiment.experiment_id], "metrics.`time/epoch_s` > 0",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-    except Exception:  # an estimate only: an unreachable server is reported by check_reachable
-        return None
-    if not runs:
-        return None
-    return runs[0].data.metrics["time/epoch_s"], runs[0].info.run_id
-
-
-def check_checkpoint_interval(spec: JobSpec, uri: str) -> None:
+def check_checkpoint_interval(spec: JobSpec, estimate: Optional[tuple[float, str]]) -> None:
     """The first checkpoint must come before the warning, or the job can never make progress."""
-    estimate = earlier_epoch_seconds(spec, uri)
     if estimate is None:
         return
     epoch_s, run_id = estimate
@@ -205,7 +188,7 @@ def queue(script: Path, env: Optional[dict] = None, sbatch_args: Sequence[str] =
 
 def record(sub: Submission, job_id: str, script: Path) -> None:
     """What `harness status` needs once SLURM has forgotten the job."""
-    checkpoint.atomic_write_text(sub.log_dir / f"{job_id}.json", json.dumps({
+    atomic_write_text(sub.log_dir / f"{job_id}.json", json.dumps({
         "job_id": job_id, "name": sub.spec.name, "spec": sub.spec.spec_path,
         "script": str(script), "log_dir": str(sub.log_dir), "tracking_uri": sub.tracking_uri,
         "experiment": sub.spec.experiment, "epochs": sub.spec.training.epochs,

@@ -14,9 +14,11 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from harness import checkpoint, overfitting
-from harness.lr import rate_at
-from harness.throughput import Throughput
+from harness.runtime import checkpoint
+from harness.runtime import overfitting
+from harness.runtime.lr import rate_at
+from harness.runtime.throughput import Throughput
+from slurm import preemption
 
 
 class ScheduledRate(tf.keras.callbacks.Callback):
@@ -175,3 +177,35 @@ class Checkpointer(tf.keras.callbacks.Callback):
 
     def _variables(self) -> list:
         return list(self.model.weights) + list(self.model.optimizer.variables())
+
+
+class PreemptionGuard(tf.keras.callbacks.Callback):
+    """Every K batches, all ranks ask: did any rank get the signal?  Then all stop there.
+
+    One allreduce (max) carries the flag and the timings that set the next K, so
+    every rank computes the same K and checks after the same batch.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.batches, self.next_check, self.last_checked = 0, 0, 1, 0
+        self.since = time.perf_counter()
+        self.check_s = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        import horovod.tensorflow as hvd
+        self.batches += 1
+        if self.batches < self.next_check:
+            return
+        now = time.perf_counter()
+        step_s = (now - self.since) / max(1, self.batches - self.last_checked)
+        mine = np.array([float(preemption.requested()), step_s, self.check_s], dtype=np.float64)
+        agreed = hvd.allreduce(tf.constant(mine), op=hvd.Max, name="harness.preemption").numpy()
+        self.check_s = time.perf_counter() - now
+        if agreed[0] > 0:
+            raise preemption.Preempted(self.epoch)
+        self.last_checked, self.since = self.batches, time.perf_counter()
+        self.next_check = self.batches + preemption.check_interval(agreed[1], agreed[2])

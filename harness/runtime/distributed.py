@@ -5,7 +5,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from harness.slurm_env import SlurmEnvironment
+from slurm.environment import SlurmEnvironment
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Iterable
 import yaml
 
 from harness.errors import UserError
-from harness.jobs import resolve_job
-from harness.spec import JobSpec, build
+from harness.spec.jobs import resolve_job
+from harness.spec.schema import JobSpec, build
 
 
 def read_yaml(path: Path) -> dict:

@@ -8,9 +8,16 @@ from types import ModuleType
 
 import horovod.tensorflow as hvd
 
-from harness import checkpoint, node_telemetry, overfitting, preemption, probe, trainer
-from harness.distributed import init_process
-from harness.spec import JobSpec
+from harness.runtime import checkpoint
+from harness.runtime import node_telemetry
+from harness.runtime import overfitting
+from slurm import preemption
+from harness.runtime import collectives
+from harness.runtime import trainer
+from harness.runtime.distributed import init_process
+from harness.runtime.lr import scaled_rate
+from harness.spec.schema import JobSpec
+from harness.telemetry import nvml
 from tracking import open_tracker
 
 
@@ -21,12 +28,12 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     if ctx.is_chief:
         where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
-    tracker = open_tracker(spec, ctx, state)
+    tracker = open_tracker(spec, ctx, state, derived_params(spec, ctx))
     run_id = hvd.broadcast_object(tracker.run_id, root_rank=0)  # every node writes into this run
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
-        if os.environ.get(probe.MEASURE_ALLREDUCE):
+        if os.environ.get(collectives.MEASURE_ALLREDUCE):
             measure_communication(spec, outcome, tracker)
         telemetry_lines, samples = node_telemetry.finish(sampler, ctx, tracker)
         sampler = None
@@ -53,9 +60,17 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
             sampler.stop()
 
 
+def derived_params(spec: JobSpec, ctx) -> dict:
+    """Parameters only the runtime knows: the scaled rate, the GPUs and their driver."""
+    t = spec.training
+    return {"lr.scaled": scaled_rate(t.learning_rate, t.lr_scaling, ctx.size),
+            "gpu_models": ",".join(nvml.gpu_names()) or "none",
+            **{f"version.{k}": v for k, v in nvml.driver_versions().items()}}
+
+
 def measure_communication(spec: JobSpec, outcome, tracker) -> None:
     """Every rank: time an allreduce of this model's gradient size; rank 0 logs it."""
-    figures = probe.measure_gradient_allreduce(outcome.model, spec.training.fp16_allreduce)
+    figures = collectives.measure_gradient_allreduce(outcome.model, spec.training.fp16_allreduce)
     tracker.log_metrics(figures, step=0)
 
 
@@ -84,7 +99,7 @@ def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
     tracker.log_metrics(final_metrics, step=len(history))
     verdict = overfitting.verdict(history, spec.training.patience)
     tracker.set_tags({"overfitting": verdict})
-    tracker.log_summary(spec, history, final_metrics, verdict, telemetry_lines, timeline)
+    tracker.log_summary(spec, history, final_metrics, verdict, best, telemetry_lines, timeline)
     last = history[-1] if history else {}
     out = sys.stdout
     print(f"done: {len(history)} epochs in {seconds:.0f} s ({len(history) - outcome.start_epoch} this run)",

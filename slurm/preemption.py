@@ -9,17 +9,43 @@ ranks stop after the same batch and none is left waiting in a collective.
 K keeps the check under 1% of the training time and the reaction under 10 s.
 Rank 0 then writes the checkpoint and every process exits with
 ``EXIT_REQUEUE``, on which the script runs ``scontrol requeue``.
+
+This module is the protocol's one place: the signal (the ``#SBATCH --signal`` directive and the
+handler both read ``SIGNAL``), its lead time, the requeue exit code and the batch script's tail
+that passes the signal on and requeues.  The Keras side lives in
+``harness.runtime.callbacks.PreemptionGuard``.
 """
 from __future__ import annotations
 
 import math
 import signal
-import time
 
-import numpy as np
-
-SIGNAL = signal.SIGUSR2
+SIGNAL = signal.SIGUSR2  # NCCL may catch USR1; USR2 is what submitit uses for preemption
+SIGNAL_NAME = SIGNAL.name.removeprefix("SIG")  # "USR2", as sbatch --signal and kill -s spell it
+LEAD_S = 120  # the last batch, a checkpoint write and the metric flush must fit in this
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again later"; the batch script requeues on this status
+
+# The batch script's end: SLURM signals the batch shell (B:), which passes the signal on to the
+# step and waits until the step has really ended; on EXIT_REQUEUE it requeues the job.
+REQUEUE_TAIL = f"""\
+# SLURM warns this shell (B:) before preemption or the time limit: pass it on to the step,
+# whose ranks stop after the same batch, checkpoint and exit with {EXIT_REQUEUE}.
+trap 'kill -{SIGNAL_NAME} "$step" 2>/dev/null' {SIGNAL_NAME}
+status=""
+while [[ -z $status ]]; do  # a trapped signal interrupts wait: wait until the step ends
+    if wait "$step"; then status=0; else rc=$?; kill -0 "$step" 2>/dev/null || status=$rc; fi
+done
+if [[ $status == {EXIT_REQUEUE} ]]; then
+    echo "harness: preempted; checkpoint written; requeueing job $SLURM_JOB_ID" >&2
+    scontrol requeue "$SLURM_JOB_ID" && exit 0
+fi
+exit "$status"
+"""
+
+
+def sbatch_signal() -> str:
+    """The ``--signal`` value: warn the batch shell (B:) LEAD_S seconds ahead."""
+    return f"B:{SIGNAL_NAME}@{LEAD_S}"
 
 _requested = False
 _terminating = False
@@ -64,9 +90,10 @@ def requested() -> bool:
 
 
 def reset() -> None:
-    global _requested
+    """Forget any signal seen (a process that trains again after a handled stop, and tests)."""
+    global _requested, _terminating
     _requested = False
-_terminating = False
+    _terminating = False
 
 
 CHECK_BUDGET = 0.01  # the agreement may cost at most 1% of the training time
@@ -80,41 +107,3 @@ def check_interval(step_s: float, check_s: float) -> int:
     cheap = math.ceil(check_s / (CHECK_BUDGET * step_s))
     prompt = max(1, int(MAX_REACTION_S / step_s))
     return max(1, min(cheap, prompt))
-
-
-def make_guard():
-    """A Keras callback (built lazily: this module must import without TensorFlow)."""
-    import horovod.tensorflow as hvd
-    import tensorflow as tf
-
-    class PreemptionGuard(tf.keras.callbacks.Callback):
-        """Every K batches, all ranks ask: did any rank get the signal?  Then all stop there.
-
-        One allreduce (max) carries the flag and the timings that set the next K, so
-        every rank computes the same K and checks after the same batch.
-        """
-
-        def __init__(self):
-            super().__init__()
-            self.epoch, self.batches, self.next_check, self.last_checked = 0, 0, 1, 0
-            self.since = time.perf_counter()
-            self.check_s = 0.0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.batches += 1
-            if self.batches < self.next_check:
-                return
-            now = time.perf_counter()
-            step_s = (now - self.since) / max(1, self.batches - self.last_checked)
-            mine = np.array([float(requested()), step_s, self.check_s], dtype=np.float64)
-            agreed = hvd.allreduce(tf.constant(mine), op=hvd.Max, name="harness.preemption").numpy()
-            self.check_s = time.perf_counter() - now
-            if agreed[0] > 0:
-                raise Preempted(self.epoch)
-            self.last_checked, self.since = self.batches, time.perf_counter()
-            self.next_check = self.batches + check_interval(agreed[1], agreed[2])
-
-    return PreemptionGuard()

@@ -17,13 +17,15 @@ import horovod.tensorflow.keras as hvd
 import numpy as np
 import tensorflow as tf
 
-from harness import callbacks as cb
-from harness import checkpoint, preemption, sharding
-from harness.distributed import ProcessContext, trainable_fingerprints
+from harness.runtime import callbacks as cb
+from harness.runtime import checkpoint
+from slurm import preemption
+from harness.runtime import sharding
+from harness.runtime.distributed import ProcessContext, trainable_fingerprints
 from harness.errors import RunFailed
-from harness.jobs import Splits
-from harness.lr import scaled_rate
-from harness.spec import JobSpec, TrainingSpec
+from harness.spec.jobs import Splits
+from harness.runtime.lr import scaled_rate
+from harness.spec.schema import JobSpec, TrainingSpec
 
 _OPTIMIZERS = {
     # Legacy Keras optimizers: the ones Horovod 0.28's DistributedOptimizer wraps on TF 2.15.
@@ -160,7 +162,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
     ]
     if preemptible:
         # After the metric averaging: a stop between batches never splits an allreduce.
-        chain.append(preemption.make_guard())
+        chain.append(cb.PreemptionGuard())
     if ctx.is_chief:
         chain.append(cb.Reporter(tracker, t.epochs, steps, spec.tracking.batch_metrics_every))
         chain.append(cb.Checkpointer(

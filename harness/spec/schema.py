@@ -112,6 +112,8 @@ class ResourcesSpec:
     gpus_per_node: int = field(default=1, metadata=doc("GPUs (= processes) per node; 0..16"))
     partition: str = field(default="", metadata=doc("SLURM partition; empty: the cluster default"))
     time: str = field(default="01:00:00", metadata=doc("time limit, HH:MM:SS or D-HH:MM:SS"))
+    sbatch: Any = field(default=None, metadata=doc(
+        "extra sbatch options, e.g. {account: physics, qos: normal}; checked when rendering"))
 
     def __post_init__(self):
         _require(1 <= self.nodes <= 64, "nodes", self.nodes, "use 1..64")

@@ -4,7 +4,8 @@ SLURM state comes from squeue while a job is queued or running, then from
 sacct where accounting is configured, else from ``scontrol show job`` for as
 long as the controller remembers it.  The training progress comes from the
 job's MLflow run (tagged ``slurm.job_id``), found through the record
-``harness submit`` left beside the logs.
+``harness submit`` left beside the logs; the caller passes that reader in
+(``tracking.summary.job_progress``), so this module never talks to MLflow.
 """
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from harness.errors import UserError
-from harness.sbatch import COMMENT
-
-SHOWN_METRICS = ("loss", "val_loss", "generalization_gap", "val_accuracy")
-
+from slurm.render import COMMENT
 
 def _run(cmd: list[str]) -> Optional[str]:
     try:
@@ -67,28 +65,9 @@ def _job_order(job_id: str) -> int:
     return int(job_id) if job_id.isdigit() else 0
 
 
-def latest_epoch(rec: dict, job_id: str) -> str:
-    """'epoch 7/20 loss 0.41 ...' from the job's MLflow run, or why it is not there."""
-    try:
-        from tracking.mlflow_tracker import MlflowClient
-        client = MlflowClient(rec["tracking_uri"])
-        experiment = client.get_experiment_by_name(rec["experiment"])
-        runs = [] if experiment is None else client.search_runs(
-            [experiment.experiment_id], f"tags.`slurm.job_id` = '{job_id}'", max_results=1)
-    except Exception as e:
-        return f"mlflow unreachable ({type(e).__name__})"
-    if not runs:
-        return "no MLflow run yet"
-    run = runs[0]
-    history = client.get_metric_history(run.info.run_id, "loss")
-    if not history:
-        return f"run {run.info.run_id[:8]} {run.info.status}, no epoch finished yet"
-    step = max(m.step for m in history)
-    values = "  ".join(f"{k} {run.data.metrics[k]:.4f}" for k in SHOWN_METRICS if k in run.data.metrics)
-    return f"run {run.info.run_id[:8]} {run.info.status}: epoch {step + 1}/{rec.get('epochs', '?')}  {values}"
-
-
-def show(job_id: Optional[str], log_root: Path = Path("runs")) -> int:
+def show(job_id: Optional[str], progress: Callable[[dict, str], str],
+         log_root: Path = Path("runs")) -> int:
+    """One line per job; ``progress(record, job_id)`` says how far its training is (from MLflow)."""
     if shutil.which("squeue") is None:
         raise UserError("squeue: not found; `harness status` runs where SLURM's commands are")
     queued = queued_jobs()
@@ -107,8 +86,8 @@ def show(job_id: Optional[str], log_root: Path = Path("runs")) -> int:
         if live and live["state"] == "PENDING":
             state += f" ({live['reason']})"
         name = rec.get("name") or (live or {}).get("name", "?")
-        progress = latest_epoch(rec, jid) if rec else "submitted elsewhere: no record here"
-        print(f"{jid:>8}  {name:<20} {state:<24} {progress}")
+        progress_line = progress(rec, jid) if rec else "submitted elsewhere: no record here"
+        print(f"{jid:>8}  {name:<20} {state:<24} {progress_line}")
         if rec and job_id:
             print(f"{'':>8}  logs {rec['log_dir']}/{name}-{jid}.out")
     return 0

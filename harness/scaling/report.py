@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness.scaling import ScaleRow  # noqa: E402
+from harness.scaling.stats import ScaleRow  # noqa: E402
 from tracking.report import save_figure  # noqa: E402
 
 COLUMNS = ["processes", "samples_per_s", "ci95_low", "ci95_high", "windows", "per_process",

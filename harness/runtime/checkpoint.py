@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.errors import UserError
+from harness.files import atomic_write_text
 
 POINTER = "latest.json"
 FORMAT = 1
@@ -30,21 +31,6 @@ class CheckpointState:
     run_id: Optional[str] = None
     signature: str = ""  # model layout: shapes of every weight, to refuse a different model
     extra: dict = field(default_factory=dict)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_signature(model) -> str:

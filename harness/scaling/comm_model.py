@@ -12,19 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-def ring_factor(n: int) -> float:
-    return 2 * (n - 1) / n
+from harness.runtime.collectives import ring_factor
 
 
 def allreduce_seconds(nbytes: float, n: int, bus_bw: float) -> float:
     """Ring allreduce time of ``nbytes`` over ``n`` ranks at bus bandwidth ``bus_bw`` (B/s)."""
     return 0.0 if n <= 1 else ring_factor(n) * nbytes / bus_bw
-
-
-def bus_bandwidth(nbytes: float, n: int, seconds: float) -> float:
-    """Bus bandwidth (B/s) from one measured allreduce, as nccl-tests report it."""
-    return ring_factor(n) * nbytes / seconds
 
 
 @dataclass(frozen=True)

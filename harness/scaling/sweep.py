@@ -4,7 +4,7 @@ For every size N the job trains ``repeats`` + 1 epochs; the first is warm-up
 and each later epoch is one timing window (samples/s after its first step).
 Each size is a child run of one parent run for the sweep (tag ``sweep.id``).
 The workers also time an allreduce of the model's gradient size, which the
-communication model (harness.comm_model) turns into a predicted efficiency.
+communication model (harness.scaling.comm_model) turns into a predicted efficiency.
 """
 from __future__ import annotations
 
@@ -12,17 +12,21 @@ import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from harness import comm_model, launcher, scaling
+from harness.scaling import comm_model
+from harness.runtime import launcher
+from harness.scaling import stats as scaling
+from harness.entrypoints import worker_command
 from harness.errors import RunFailed, UserError
-from harness.loader import load_spec
-from harness.probe import MEASURE_ALLREDUCE
-from harness.spec import JobSpec
+from harness.spec.loader import load_spec
+from harness.runtime.collectives import MEASURE_ALLREDUCE
+from harness.spec.schema import JobSpec
 
 WARMUP_EPOCHS = 1
 PARENT_TAG = "mlflow.parentRunId"
@@ -45,6 +49,7 @@ class SweepPlan:
     local: bool
     layout: str
     cluster: str
+    sbatch: dict = field(default_factory=dict)  # --sbatch options for every size's job
 
 
 def size_overrides(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str) -> list[str]:
@@ -56,7 +61,7 @@ def size_overrides(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str) -> lis
 
 
 def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict) -> None:
-    worker = launcher.worker_command(plan.spec_path, size_overrides(plan, spec, n, sweep_id), False)
+    worker = worker_command(sys.executable, plan.spec_path, size_overrides(plan, spec, n, sweep_id))
     if launcher.run_processes(n, worker, extra_env=env) != 0:
         raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
 
@@ -64,8 +69,9 @@ def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict) 
 def submit_size(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict,
                 after: Optional[str]) -> str:
     """Queue size N as its own job, after the previous size (sizes must not share nodes)."""
-    from harness.cluster import load_cluster
-    from harness.submission import prepare, queue_script
+    from slurm.cluster import load_cluster
+    from slurm.submit import prepare, queue_script
+    from tracking.run import submission_facts
     cluster = load_cluster(plan.cluster)
     _, part = cluster.partition(spec.resources.partition)
     try:
@@ -75,14 +81,15 @@ def submit_size(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict
     overrides = size_overrides(plan, spec, n, sweep_id) + [
         f"resources.nodes={nodes}", f"resources.gpus_per_node={per_node}"]
     sized = load_spec(plan.spec_path, overrides)
-    sub = prepare(sized, cluster, overrides, resume=False)
+    uri, estimate = submission_facts(sized)
+    sub = prepare(sized, cluster, overrides, uri, estimate, plan.sbatch)
     dependency = [f"--dependency=afterany:{after}"] if after else []
     return queue_script(sub, env, dependency)
 
 
 def wait_for_jobs(jobs: dict[int, str], poll_s: float = 10.0) -> None:
     """Until every job has left the queue; then each must have COMPLETED."""
-    from harness.job_status import finished_state, queued_jobs
+    from slurm.status import finished_state, queued_jobs
     last = {}
     while True:
         queued = queued_jobs()
@@ -133,7 +140,7 @@ def rows_with_model(results: dict[int, SizeResult], batch: int) -> tuple[list, d
 
 def report(client, parent: str, spec: JobSpec, rows: list, predictions: dict,
            results: dict[int, SizeResult]) -> None:
-    from tracking import scale_report
+    from harness.scaling import report as scale_report
     print(scale_report.table(rows), flush=True)
     grad = next((r.metrics.get("comm/gradient_bytes") for r in results.values()), None)
     if grad:

@@ -1,0 +1,1 @@
+"""The training runtime: launcher, worker process, trainer, callbacks, checkpoints, sharding, lr."""

@@ -1,0 +1,38 @@
+"""Entry point of every training process: ``python -m harness.runtime.worker SPEC [--set k=v] [--resume]``.
+
+``harness run`` (through horovodrun) and the SLURM scripts (through srun)
+start this; users do not call it directly.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from slurm import preemption
+from harness.errors import exit_code_of
+from harness.spec.jobs import resolve_job
+from harness.spec.loader import load_spec
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="harness.runtime.worker")
+    parser.add_argument("spec")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--resume", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    preemption.install()  # first: SLURM's warning may come while TensorFlow still imports
+    args = _parse(argv)
+    spec = load_spec(args.spec, args.overrides)
+    job = resolve_job(spec.job, Path(spec.spec_path).parent)
+
+    from harness.runtime import session  # imports TensorFlow and Horovod: after the cheap checks
+
+    return session.run_training(spec, job, resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code_of(main, bug_traceback=True))

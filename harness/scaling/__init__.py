@@ -1,0 +1,1 @@
+"""Throughput scaling: the sweep, its statistics, the communication model and the probe."""

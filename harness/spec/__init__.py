@@ -1,0 +1,1 @@
+"""Spec and job loading: the YAML spec as frozen dataclasses, overrides, the job module."""

@@ -1,0 +1,1 @@
+"""NVML and host telemetry: the per-node sampler and the end-of-run summary (no TensorFlow)."""

@@ -1,0 +1,112 @@
+"""``render_sbatch(spec, cluster, ...) -> str``: the one place an sbatch script is written.
+
+The script's text is the Jinja2 template the cluster profile names (default
+``slurm/templates/sbatch.sh.j2``), so a site changes its script without touching Python.  This
+module computes what goes into it, once: the ``#SBATCH`` options (process counts derived from
+the spec and the partition, never typed twice), the environment and the launch line.  Pure: no
+files written, no environment read beyond what is passed in.  Every value that comes from the
+user is shell-quoted by the template's ``quote`` filter, so a job name or a ``--set`` value
+cannot run a command.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import jinja2
+
+from harness.entrypoints import worker_command
+from harness.spec.schema import JobSpec
+from slurm import options as extra_options
+from slurm import preemption
+from slurm.cluster import Cluster, check_fit
+
+COMMENT = "lars-harness"  # marks the harness's jobs for `harness status`
+HOROVOD_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
+               "HOROVOD_GLOO_TIMEOUT_SECONDS": "120"}
+# --unbuffered: rank 0's epoch lines reach the log as they happen (tail -f works).
+LAUNCHERS = {"srun-pmix": ["srun", "--mpi=pmix", "--unbuffered"],
+             "srun-pmi2": ["srun", "--mpi=pmi2", "--unbuffered"]}
+
+
+def sbatch_options(spec: JobSpec, cluster: Cluster, log_dir: Path, workdir: Path,
+                   extra: Mapping[str, Optional[str]] = ()) -> dict:
+    """The #SBATCH options; every count derived from the spec and the partition once.
+
+    ``extra`` (from ``--sbatch``) wins over the spec's ``resources.sbatch``, which wins over
+    the profile's; none of them may set what the harness computes.
+    """
+    partition, part = check_fit(spec.resources, cluster)
+    gpus = spec.resources.gpus_per_node
+    cpus_per_task = max(1, part.cpus_per_node // part.gpus_per_node)
+    mem_gb = int(part.memory_gb * gpus / part.gpus_per_node)
+    computed = {
+        "job-name": spec.name, "partition": partition, "nodes": str(spec.resources.nodes),
+        "ntasks-per-node": str(gpus), "cpus-per-task": str(cpus_per_task),
+        "mem": f"{max(mem_gb, 1)}G", "time": spec.resources.time, "chdir": str(workdir),
+        "output": str(log_dir / "%x-%j.out"), "error": str(log_dir / "%x-%j.err"),
+        # A requeued job appends to the same logs instead of truncating the first attempt's.
+        "open-mode": "append", "comment": COMMENT,
+        "signal": preemption.sbatch_signal(), "requeue": None,
+    }
+    if part.gres:
+        computed["gres"] = f"gpu:{gpus}"
+    site = extra_options.merged(cluster.sbatch_options(partition),
+                                extra_options.check(spec.resources.sbatch, "resources.sbatch"),
+                                dict(extra))
+    return {**site, **computed}
+
+
+def launch_command(spec: JobSpec, launch: str) -> list[str]:
+    """srun (one task per GPU, the profile's MPI plugin) or mpirun, for every process."""
+    r = spec.resources
+    tasks = r.nodes * r.gpus_per_node
+    if launch == "mpirun":
+        return ["mpirun", "-np", str(tasks), "--map-by", f"ppr:{r.gpus_per_node}:node"]
+    return LAUNCHERS[launch] + [f"--ntasks={tasks}", f"--ntasks-per-node={r.gpus_per_node}"]
+
+
+def _exports(values: Mapping) -> str:
+    return "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in values.items())
+
+
+def _environment(template_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters["quote"] = lambda value: shlex.quote(str(value))
+    env.filters["exports"] = _exports
+    env.filters["oneline"] = lambda value: " ".join(str(value).splitlines())
+    return env
+
+
+def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
+                  overrides: Sequence[str] = (), tracking_uri: str = "",
+                  workdir: Path | None = None, extra: Mapping[str, Optional[str]] = ()) -> str:
+    """The script; the job runs in ``workdir`` (default: the repository) with ``repo``'s venv."""
+    options = sbatch_options(spec, cluster, log_dir, workdir or repo, extra)
+    _, part = cluster.partition(spec.resources.partition)
+    python = str(repo / ".venv" / "bin" / "python")
+    worker = worker_command(python, spec.spec_path, overrides, resume=True)  # requeues continue
+    template = _environment(cluster.template.parent).get_template(cluster.template.name)
+    return template.render(
+        spec_path=spec.spec_path, cluster=cluster.name, options=sorted(options.items()),
+        preamble=cluster.preamble,
+        env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": options["cpus-per-task"],
+             "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},
+        nccl=part.nccl or {}, horovod=HOROVOD_ENV,
+        tracking={"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {},
+        tasks=spec.resources.nodes * spec.resources.gpus_per_node, nodes=spec.resources.nodes,
+        per_node=spec.resources.gpus_per_node, launch=launch_command(spec, part.launch) + worker,
+        requeue_tail=preemption.REQUEUE_TAIL)
+
+
+def parse_sbatch_options(script: str) -> dict:
+    """{option: value} from the #SBATCH lines (value None for flags), for tests and checks."""
+    options = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH --"):
+            key, _, value = line[len("#SBATCH --"):].partition("=")
+            options[key] = shlex.split(value)[0] if value else None
+    return options

@@ -1,0 +1,113 @@
+"""Imports point one way: CLI -> scaling -> runtime -> slurm | tracking | telemetry -> spec -> base.
+
+An AST walk over every module (imports inside functions included, since the CLI imports lazily)
+checks that no module imports a layer above its own, and that the three middle packages, which
+are peers, never import one another.  The tree is the architecture; this test keeps it so.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+# Top to bottom.  A module may import its own package and any lower layer, nothing else of ours.
+LAYERS = [
+    ["harness.cli"],
+    ["harness.scaling"],
+    ["harness.runtime"],
+    ["slurm", "tracking", "harness.telemetry"],  # peers: none imports another
+    ["harness.spec"],
+    ["harness.errors", "harness.files", "harness.entrypoints"],
+]
+JOBS = ["jobs"]  # user code: may use the spec layer and below, never the harness's machinery
+OURS = ("harness", "slurm", "tracking", "jobs")
+
+
+def unit_of(module: str) -> str | None:
+    """The layer entry (package or module) a dotted module name belongs to."""
+    if module == "harness":  # the empty top package: its modules carry the layers
+        return "harness.files"
+    for units in LAYERS + [JOBS]:
+        for unit in units:
+            if module == unit or module.startswith(unit + "."):
+                return unit
+    return None
+
+
+def rank_of(unit: str) -> int:
+    return next((i for i, units in enumerate(LAYERS) if unit in units), -1)
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(tree: ast.AST, module: str) -> set[str]:
+    names = set()
+    package = module if module.count(".") == 0 else module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return {n for n in names if n.split(".")[0] in OURS}
+
+
+def violations(root: Path = REPO) -> list[str]:
+    found = []
+    for folder in OURS:
+        for path in sorted((root / folder).rglob("*.py")):
+            module = module_name(path, root)
+            mine = unit_of(module)
+            if mine is None:
+                found.append(f"{module}: in no layer; add it to LAYERS")
+                continue
+            for name in imported(ast.parse(path.read_text()), module):
+                other = unit_of(name)
+                if other is None or other == mine:
+                    continue
+                if mine in JOBS:
+                    ok = rank_of(other) >= rank_of("harness.spec")
+                else:
+                    ok = other not in JOBS and rank_of(other) > rank_of(mine)
+                if not ok:
+                    found.append(f"{module} imports {name}: {mine} may not depend on {other}")
+    return sorted(set(found))
+
+
+def test_imports_point_one_way():
+    assert violations() == []
+
+
+def test_the_check_catches_upward_and_sideways_imports(tmp_path):
+    """The rule itself, on a small tree: tracking reaching into the runtime (upward, inside a
+    function) or into slurm (a peer) is reported; a job using the spec layer is fine."""
+    for name, text in {
+        "tracking/report.py": "def f():\n    from harness.runtime import overfitting\n",
+        "tracking/run.py": "import slurm.render\nfrom harness.spec.schema import JobSpec\n",
+        "jobs/mine.py": "from harness.spec.jobs import Splits\n",
+        "harness/runtime/trainer.py": "from tracking import run\n",
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert violations(tmp_path) == [
+        "tracking.report imports harness.runtime.overfitting: tracking may not depend on "
+        "harness.runtime",
+        "tracking.report imports harness.runtime: tracking may not depend on harness.runtime",
+        "tracking.run imports slurm.render: tracking may not depend on slurm",
+    ]
+
+
+@pytest.mark.parametrize("folder", ["harness", "slurm", "tracking"])
+def test_every_package_folder_is_a_package(folder):
+    for sub in [p for p in (REPO / folder).rglob("*") if p.is_dir() and any(p.glob("*.py"))]:
+        assert (sub / "__init__.py").is_file(), f"{sub} holds modules but no __init__.py"
