@@ -6,6 +6,7 @@ the job's logs only once SLURM has accepted the job.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Mapping, Optional, Sequence
 from slurm.cluster import Cluster, Partition, check_fit
 from harness.errors import UserError
 from harness.files import REPO, atomic_write_text
+from harness.spec import freeze
 from slurm.preemption import LEAD_S as SIGNAL_LEAD_S
 from slurm.render import render_sbatch
 from harness.spec.schema import JobSpec
@@ -31,9 +33,10 @@ MIN_WORK_S = 60  # time to train at all once the warning's lead time is taken of
 class Submission:
     spec: JobSpec
     partition: str
-    script: str
+    script: str  # runs the frozen spec below, never the YAML the user may edit later
     log_dir: Path
     tracking_uri: str
+    stem: str  # the frozen spec's name: runs/<name>/slurm/<stem>.spec.yaml (and .job.py)
 
 
 def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
@@ -41,9 +44,10 @@ def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
             extra: Mapping[str, Optional[str]] = ()) -> Submission:
     """Every check, then the rendered script (nothing written yet).
 
-    The caller has checked the checkpoint (``--resume``) and the tracking side: ``uri`` is where the job will log (already checked
-    reachable) and ``epoch_estimate`` (seconds per epoch, run id) an earlier run's epoch time.
-    ``extra`` holds ``--sbatch`` options.
+    The caller has checked the checkpoint (``--resume``) and the tracking side: ``uri`` is where
+    the job will log (already reachable) and ``epoch_estimate`` (seconds per epoch, run id) an
+    earlier run's epoch time.  ``extra`` holds ``--sbatch`` options.  The script runs the spec
+    as it is now, frozen beside it when the job is queued (``--set`` overrides included).
     """
     partition, part = check_fit(spec.resources, cluster)
     check_time(spec)
@@ -52,9 +56,10 @@ def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
     check_checkpoint_interval(spec, epoch_estimate)
     workdir = Path.cwd()
     log_dir = (workdir / "runs" / spec.name / "slurm").resolve()
-    script = render_sbatch(spec, cluster, REPO, log_dir, overrides, uri, workdir=workdir,
-                           extra=extra)
-    return Submission(spec, partition, script, log_dir, uri)
+    stem = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    frozen = dataclasses.replace(spec, spec_path=str(freeze.frozen_paths(log_dir, stem)[0]))
+    script = render_sbatch(frozen, cluster, REPO, log_dir, (), uri, workdir=workdir, extra=extra)
+    return Submission(spec, partition, script, log_dir, uri, stem)
 
 
 def check_time(spec: JobSpec) -> None:
@@ -170,10 +175,15 @@ def queue_script(sub: Submission, env: Optional[dict] = None, sbatch_args: Seque
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as scratch:
         pending = _accepted(sub, Path(scratch))
         sub.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here
-        job_id = queue(pending, env, sbatch_args)
+        frozen = freeze.freeze(sub.spec, sub.log_dir, sub.stem)  # before sbatch: the job reads it
+        try:
+            job_id = queue(pending, env, sbatch_args)
+        except BaseException:
+            freeze.discard(sub.log_dir, sub.stem)
+            raise
         script = sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch"
         shutil.move(pending, script)
-    record(sub, job_id, script)
+    record(sub, job_id, script, frozen)
     return job_id
 
 
@@ -186,10 +196,10 @@ def queue(script: Path, env: Optional[dict] = None, sbatch_args: Sequence[str] =
     return done.stdout.strip().split(";")[0]  # "id" or "id;cluster"
 
 
-def record(sub: Submission, job_id: str, script: Path) -> None:
+def record(sub: Submission, job_id: str, script: Path, frozen: Path) -> None:
     """What `harness status` needs once SLURM has forgotten the job."""
     atomic_write_text(sub.log_dir / f"{job_id}.json", json.dumps({
-        "job_id": job_id, "name": sub.spec.name, "spec": sub.spec.spec_path,
+        "job_id": job_id, "name": sub.spec.name, "spec": sub.spec.spec_path, "frozen_spec": str(frozen),
         "script": str(script), "log_dir": str(sub.log_dir), "tracking_uri": sub.tracking_uri,
         "experiment": sub.spec.experiment, "epochs": sub.spec.training.epochs,
         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -201,6 +211,8 @@ def print_submitted(sub: Submission, job_id: str, script: Path) -> None:
     print(f"submitted job {job_id}: {sub.spec.name} on {sub.partition}, {r.nodes} node(s) x "
           f"{r.gpus_per_node} process(es), time limit {r.time}")
     print(f"script:   {script}")
+    print(f"spec:     {freeze.frozen_paths(sub.log_dir, sub.stem)[0]} (frozen: later edits "
+          "do not reach this job)")
     print(f"logs:     {sub.log_dir / f'{sub.spec.name}-{job_id}.out'} (and .err)")
     print(f"mlflow:   {sub.tracking_uri}, experiment {sub.spec.experiment!r}, "
           f"run tagged slurm.job_id={job_id}")

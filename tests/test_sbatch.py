@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import os
 import shlex
 from pathlib import Path
@@ -71,3 +72,76 @@ def test_user_values_are_one_shell_word_each(value):
     words = shlex.split(launch)
     assert words[words.index("--set") + 1] == f"data.x={value}"
     assert words[-1] == "--resume"
+
+
+# --------------------------------------------------------------------------- site options
+
+def _profile(tmp_path, extra: str) -> Path:
+    """The LARS profile plus site settings, as an administrator would write them."""
+    path = tmp_path / "site.yaml"
+    path.write_text((REPO / "slurm" / "clusters" / "lars.yaml").read_text() + extra)
+    return path
+
+
+def test_site_preamble_and_options_from_profile_spec_and_cli(tmp_path):
+    cluster = load_cluster(str(_profile(tmp_path, (
+        "preamble: |\n  module load cuda/12.2\n  source /opt/venvs/lars/bin/activate\n"
+        "sbatch:\n  account: cbpf\n  qos: normal\n"))))
+    spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml",
+                     ["resources.sbatch={qos: long, constraint: turing}"])
+    script = render_sbatch(spec, cluster, Path("/opt/h"), Path("/l"),
+                           extra={"reservation": "lecture day", "exclusive": None})
+    opts = parse_sbatch_options(script)
+    # profile < spec < command line, each option once
+    assert opts["account"] == "cbpf" and opts["qos"] == "long" and opts["constraint"] == "turing"
+    assert opts["reservation"] == "lecture day" and opts["exclusive"] is None
+    assert "#SBATCH --reservation='lecture day'" in script
+    lines = script.splitlines()
+    preamble = lines.index("module load cuda/12.2")
+    assert lines[preamble + 1] == "source /opt/venvs/lars/bin/activate"
+    assert lines.index("set -euo pipefail") < preamble < next(
+        i for i, line in enumerate(lines) if line.startswith("srun "))
+
+
+def test_a_site_template_replaces_the_script(tmp_path):
+    (tmp_path / "container.sh.j2").write_text(
+        "#!/bin/bash\n{% for k, v in options %}#SBATCH --{{ k }}{{ '' if v is none else '=' ~ (v | quote) }}\n"
+        "{% endfor %}apptainer exec /images/tf.sif {{ launch | map('quote') | join(' ') }}\n")
+    cluster = load_cluster(str(_profile(tmp_path, "template: container.sh.j2\n")))
+    spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml")
+    script = render_sbatch(spec, cluster, Path("/opt/h"), Path("/l"), ["data.x=$(rm -rf ~)"])
+    assert "apptainer exec /images/tf.sif srun --mpi=pmix" in script
+    assert parse_sbatch_options(script)["partition"] == "rtx2080ti"
+    assert "'data.x=$(rm -rf ~)'" in script  # the site template quotes as the default one does
+
+
+@pytest.mark.parametrize("where,options,words", [
+    ("spec", "{acount: physics}", "resources.sbatch.acount: not an sbatch option"),
+    ("spec", "{time: '99:00:00'}", "resources.sbatch.time: set by resources.time (--time)"),
+    ("spec", "{ntasks-per-node: 12}", "set by resources.gpus_per_node"),
+    ("spec", "{qos: \"a\\nb\"}", "one line of text"),
+    ("cli", "nodes=3", "--sbatch nodes: set by resources.nodes (--nodes)"),
+    ("cli", "mail_user=me", "--sbatch mail_user: not an sbatch option"),
+    ("profile", "sbatch:\n  signal: USR1@60\n", "sbatch.signal: set by the preemption protocol"),
+    ("profile", "template: nowhere.j2\n", "template='nowhere.j2': no such file"),
+    ("profile", "preamlbe: x\n", "preamlbe: unknown key"),
+])
+def test_bad_site_options_are_one_clear_error(tmp_path, where, options, words):
+    from slurm import options as sbatch_options
+    spec_sets = [f"resources.sbatch={options}"] if where == "spec" else []
+    with pytest.raises(UserError, match=re.escape(words)):
+        cluster = load_cluster(str(_profile(tmp_path, options))) if where == "profile" else LARS
+        extra = sbatch_options.parse_cli([options]) if where == "cli" else {}
+        render_sbatch(load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", spec_sets), cluster,
+                      Path("/opt/h"), Path("/l"), extra=extra)
+
+
+def test_the_signal_is_one_constant_for_directive_handler_and_trap():
+    import signal
+
+    from slurm import preemption
+    script = _render("rtx2080ti", 6, nodes=2)
+    name = signal.Signals(preemption.SIGNAL).name.removeprefix("SIG")
+    assert parse_sbatch_options(script)["signal"] == f"B:{name}@{preemption.LEAD_S}"
+    assert f"trap 'kill -{name} \"$step\" 2>/dev/null' {name}" in script
+    assert f"[[ $status == {preemption.EXIT_REQUEUE} ]]" in script

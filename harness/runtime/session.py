@@ -16,6 +16,7 @@ from harness.runtime import collectives
 from harness.runtime import trainer
 from harness.runtime.distributed import init_process
 from harness.runtime.lr import scaled_rate
+from harness.spec import freeze
 from harness.spec.schema import JobSpec
 from harness.telemetry import nvml
 from tracking import open_tracker
@@ -29,6 +30,7 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
         where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
     tracker = open_tracker(spec, ctx, state, derived_params(spec, ctx))
+    record_job_file(spec, ctx, tracker)
     run_id = hvd.broadcast_object(tracker.run_id, root_rank=0)  # every node writes into this run
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
@@ -58,6 +60,14 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     finally:
         if sampler is not None:
             sampler.stop()
+
+
+def record_job_file(spec: JobSpec, ctx, tracker) -> None:
+    """The job file's hash as a tag; under SLURM, whether it changed after submission."""
+    tags, note = freeze.provenance(spec)
+    tracker.set_tags(tags)
+    if note and ctx.is_chief:
+        print(note, flush=True)
 
 
 def derived_params(spec: JobSpec, ctx) -> dict:

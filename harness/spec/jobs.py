@@ -45,6 +45,14 @@ class Splits:
     y_test: Optional[np.ndarray] = None
 
 
+def job_source(spec) -> Path:
+    """The file a spec's job comes from: the ``.py`` path, or the module's file."""
+    spec_dir = Path(spec.spec_path).parent
+    if spec.job.endswith(".py"):
+        return (spec_dir / spec.job).resolve()
+    return Path(resolve_job(spec.job, spec_dir).__file__).resolve()
+
+
 def resolve_job(job: str, spec_dir: Path) -> ModuleType:
     """Import ``job``: a ``.py`` path (relative to the spec's folder) or a dotted module."""
     if job.endswith(".py"):
