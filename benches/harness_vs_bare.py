@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from harness.files import REPO  # noqa: E402 (benches run with the project installed)
 RATE = re.compile(r"^(?:\[\d+\]<stdout>:)?epoch +(\d+)/\d+ .* (\d+) samples/s$")
 
 

@@ -16,9 +16,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from harness.files import REPO  # noqa: E402 (benches run with the project installed)
 RATE = re.compile(r"^epoch +(\d+)/\d+ .* (\d+) samples/s$")
 SWITCH = {"tracking": "tracking.enabled", "telemetry": "telemetry.enabled"}
 

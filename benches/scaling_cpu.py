@@ -16,9 +16,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from harness.files import REPO  # noqa: E402 (benches run with the project installed)
 MODELS = {
     "small_cnn": ["data.model=small_cnn", "data.samples_per_epoch=4096"],
     # 64 px and batch 16 keep ResNet-50 to about a minute per size on two CPU cores.

@@ -190,6 +190,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_scale(args) -> int:
+    from slurm import options as sbatch_options
     from harness.scaling import stats as scaling
     from harness.scaling.sweep import SweepPlan, sweep
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from harness.files import REPO  # the checkout under test (installed editable)
 SHARED_PIMA = REPO.parent / "shared" / "data" / "pima-indians-diabetes.csv"
 HARNESS = [sys.executable, "-m", "harness.cli"]
 PIMA_HEADER = "pregnancies,glucose,diastolic,triceps,insulin,bmi,dpf,age,diabetes"

@@ -68,6 +68,7 @@ def test_diagnosis_names_the_bottleneck():
     assert comm_model.diagnose(0.95, cheap_comm).startswith("scales well")
 
 
+@pytest.mark.slow
 @pytest.mark.multiproc
 def test_local_sweep_makes_a_parent_run_with_two_children(workdir):
     done = run_cli("scale", REPO / "jobs" / "synthetic.yaml", "--gpus", "1,2", "--local",

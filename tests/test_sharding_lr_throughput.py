@@ -1,11 +1,10 @@
 """Sharding covers every sample once; LR rules; throughput arithmetic; overfitting verdict."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from harness.runtime import overfitting
 from harness.runtime import sharding
@@ -16,23 +15,30 @@ from harness.runtime.throughput import Throughput
 @given(n=st.integers(1, 3000), size=st.integers(1, 9), batch=st.integers(1, 300),
        epoch=st.integers(0, 5))
 def test_each_sample_once_per_epoch_with_equal_steps(n, size, batch, epoch):
-    if math.ceil(n / size) < 1 or n < size:
-        return  # fewer samples than ranks is refused by epoch_batches below
     steps = sharding.steps_per_epoch(n, size, batch)
+    assume(n // size >= steps)  # the smallest shard fills every step (else refused: next test)
     seen = []
     for rank in range(size):
-        shard = sharding.shard_indices(n, rank, size)
-        if len(shard) < steps:
-            with pytest.raises(ValueError):
-                sharding.epoch_batches(shard, steps, 0, epoch)
-            return
-        batches = sharding.epoch_batches(shard, steps, seed=3, epoch=epoch)
+        batches = sharding.epoch_batches(sharding.shard_indices(n, rank, size), steps, seed=3,
+                                         epoch=epoch)
         assert len(batches) == steps  # every rank takes the same number of allreduce steps
         assert max(map(len, batches)) <= batch
         seen.extend(np.concatenate(batches).tolist())
     assert sorted(seen) == list(range(n))
     sizes = sharding.global_batch_sizes(n, size, steps)
     assert sizes.sum() == n and len(sizes) == steps
+
+
+@given(size=st.integers(2, 9), q=st.integers(0, 300), data=st.data())
+def test_a_shard_too_small_for_the_steps_is_refused(size, q, data):
+    """n = q x size + r with 0 < r < size and one sample per step: the last shards hold q
+    samples but every rank must take q + 1 steps (q = 0: fewer samples than ranks)."""
+    n = size * q + data.draw(st.integers(1, size - 1))
+    steps = sharding.steps_per_epoch(n, size, batch_size=1)
+    smallest = sharding.shard_indices(n, size - 1, size)  # np.array_split puts the short ones last
+    assert len(smallest) == q and steps == q + 1
+    with pytest.raises(ValueError, match="cannot fill"):
+        sharding.epoch_batches(smallest, steps, seed=0, epoch=0)
 
 
 def test_epochs_are_reshuffled_deterministically():

@@ -83,6 +83,7 @@ def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pi
     assert "COMPLETED" in status.stdout and "epoch 4/4" in status.stdout
 
 
+@pytest.mark.slow
 def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir, pima_csv,
                                                                  mlflow_server):
     # Small batches make epochs of about a second; checkpoints every 3 epochs, so a signal
@@ -102,7 +103,8 @@ def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir,
     slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
     log = _log(workdir, job_id)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", \
+        log + "\n--- stderr\n" + _log(workdir, job_id, "err")[-3000:]
 
     stopped = re.search(r"stopped during epoch (\d+) on every rank; checkpoint at epoch (\d+)", log)
     assert stopped, log
@@ -206,6 +208,7 @@ def test_dry_run_prints_the_script_and_submits_nothing(slurm, workdir, pima_csv)
     assert slurm.queue() == before and not (workdir / "runs").exists()
 
 
+@pytest.mark.slow
 def test_scale_on_slurm_runs_one_job_per_size_into_child_runs(slurm, workdir):
     done = run_cli("scale", REPO / "jobs" / "synthetic.yaml", "--gpus", "1,2", "--partition", "debug",
                    "--repeats", "2", "--set", "data.samples_per_epoch=512", cwd=workdir,

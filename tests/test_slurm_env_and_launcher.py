@@ -25,8 +25,9 @@ def test_gloo_only_horovod_under_srun_fails_loudly():
         SlurmEnvironment.from_env(STEP).cross_check(size=1, local_rank=0)
     with pytest.raises(RunFailed, match="SLURM_LOCALID=1"):
         SlurmEnvironment.from_env(STEP).cross_check(size=4, local_rank=0)
-    SlurmEnvironment.from_env(STEP).cross_check(size=4, local_rank=1)
-    SlurmEnvironment.from_env({}).cross_check(size=1, local_rank=0)  # outside SLURM: nothing to check
+    assert SlurmEnvironment.from_env(STEP).cross_check(size=4, local_rank=1) is None  # agrees
+    outside = SlurmEnvironment.from_env({})
+    assert not outside.in_step and outside.cross_check(size=1, local_rank=0) is None
 
 
 def test_relay_strips_rank0_prefix_and_names_other_ranks():
@@ -58,3 +59,21 @@ def test_preemption_check_interval_is_cheap_and_prompt():
     assert check_interval(step_s=0.005, check_s=0.002) == 40  # 2 ms check <= 1% of 40 x 5 ms
     assert check_interval(step_s=0.001, check_s=1.0) == 10_000  # capped: react within 10 s
     assert check_interval(step_s=0.0, check_s=0.01) == 1
+
+
+def test_the_warning_signal_sets_a_flag_only_and_reset_clears_it():
+    import os
+    import signal
+
+    from slurm import preemption
+    previous = {s: signal.getsignal(s) for s in (preemption.SIGNAL, signal.SIGTERM, signal.SIGINT)}
+    try:
+        preemption.install()
+        assert not preemption.requested()
+        os.kill(os.getpid(), preemption.SIGNAL)  # what srun passes on from SLURM's warning
+        assert preemption.requested() and not preemption.terminating()
+        preemption.reset()
+        assert not preemption.requested()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from conftest import REPO, run_cli
 from slurm_dev import DevSlurm
 
-pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
+pytestmark = [pytest.mark.slurm, pytest.mark.multiproc, pytest.mark.slow]
 TWO_NODES = REPO / "slurm" / "dev" / "two_nodes.sh"
 STATE = Path(os.environ.get("HARNESS_SLURM_2N", "/tmp/lars-slurm-2n"))
 BRIDGE_IP = "10.77.0.1"

@@ -1,7 +1,6 @@
 """Spec loading: every shipped spec validates; bad input is exit 2 with one clear line."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest

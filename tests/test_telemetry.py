@@ -242,3 +242,48 @@ def test_timeline_plot_for_gpus_and_for_host_only(tmp_path, monkeypatch):
     host_png = timeline_png(host_only, [1003.0], tmp_path / "host.png")
     assert gpu_png.stat().st_size > 5000 and host_png.stat().st_size > 5000
     assert "telemetry timeline" in telemetry_section(["telemetry a GPU 0: busy 90%"], gpu_png)
+
+
+class FakeNvmlV2(FakeNvml):
+    """A driver with NVML's v2 memory info, which leaves out the driver's own reservation."""
+
+    nvmlMemory_v2 = object()
+    RESERVED = 615 * 2**20  # what the sampler over-read on an H200 with v1
+
+    def nvmlDeviceGetMemoryInfo(self, h, version=None):
+        info = super().nvmlDeviceGetMemoryInfo(h)
+        if version is self.nvmlMemory_v2:
+            return SimpleNamespace(total=info.total, used=info.used - self.RESERVED)
+        return info
+
+
+@pytest.mark.parametrize("nvml,reserved", [(FakeNvml(), 0), (FakeNvmlV2(), FakeNvmlV2.RESERVED)],
+                         ids=["v1-driver", "v2-driver"])
+def test_memory_is_megabytes_of_1e6_read_as_nvidia_smi_does(monkeypatch, nvml, reserved):
+    """MLflow's GPU monitor logs 10^6-byte megabytes; the v2 call excludes driver-reserved memory,
+    and drivers without it fall back to v1."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    sample = _run_ticks(_sampler(nvml, []), nvml, 1)[0]
+    # The job's GPU 0 is NVML's index 1 (bus order), on which FakeNvml reports 3 GiB used.
+    assert sample["system/nodeA/gpu_0_memory_usage_megabytes"] == pytest.approx(
+        (3 * 2**30 - reserved) / 1e6)
+    assert sample["system/nodeA/system_memory_usage_megabytes"] == pytest.approx(2 * 2**30 / 1e6)
+
+
+def test_nvml_session_says_none_without_a_driver_and_always_shuts_down():
+    from harness.telemetry import nvml as nvml_session
+    errors = []
+    with nvml_session.session(lambda: (_ for _ in ()).throw(
+            pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)), errors) as nvml:
+        assert nvml is None
+    assert len(errors) == 1 and isinstance(errors[0], pynvml.NVMLError)
+
+    class Counting(FakeNvml):
+        shutdowns = 0
+
+        def nvmlShutdown(self):
+            Counting.shutdowns += 1
+    with pytest.raises(RuntimeError):
+        with nvml_session.session(lambda: Counting()) as nvml:
+            raise RuntimeError("a reader failed")
+    assert Counting.shutdowns == 1

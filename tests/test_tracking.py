@@ -52,6 +52,17 @@ def test_two_process_run_then_resume_is_one_complete_run(workdir, pima_csv, mlfl
     assert params["version.tensorflow"].startswith("2.15") and params["version.horovod"] == "0.28.1"
     assert params["spec.training.optimizer"] == "adam" and "git.commit" in params
     assert run.data.tags["resumed_from_epoch"] == "3"
+    # MLflow's own conventions: who ran what from where; the UI's model-training view; the data.
+    tags = run.data.tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+    assert tags["mlflow.source.git.commit"] == params["git.commit"]
+    assert tags["mlflow.source.name"] == str(SPEC) and tags["mlflow.runName"] == "diabetes_mlp"
+    assert len(tags["harness.job_sha256"]) == 64
+    experiment = client.get_experiment_by_name("t-resume")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["diabetes_mlp-train"]  # once, not again on resume
+    assert '"features_shape": [' in inputs[0].dataset.profile and inputs[0].dataset.digest
     assert run.data.tags["overfitting"].startswith(("no overfitting", "overfitting detected"))
     assert {"best_epoch", "best_val_loss", "test_accuracy", "batch/loss_rank0"} <= set(run.data.metrics)
     batch_steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch/loss_rank0")]
@@ -74,6 +85,7 @@ def test_unreachable_server_is_exit_2_unless_tracking_is_optional(workdir, pima_
     assert optional.returncode == 0 and "training without tracking" in optional.stdout
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_loses_no_metric(workdir, pima_csv, tmp_path_factory):
     srv = MlflowServer(tmp_path_factory.mktemp("flaky")).start()
     epochs = 120
@@ -157,3 +169,26 @@ def test_tracking_serve_prints_the_uri_and_answers(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_every_tracker_implements_the_one_interface():
+    from tracking.mlflow_tracker import MlflowTracker
+    from tracking.tracker import NullTracker, Tracker
+    wanted = {name for name in dir(Tracker) if not name.startswith("_")}
+    for cls in (MlflowTracker, NullTracker):
+        missing = {name for name in wanted if not hasattr(cls, name)}
+        assert not missing, f"{cls.__name__} lacks {missing}"
+    assert isinstance(NullTracker(), Tracker)
+
+
+def test_only_the_senders_calls_are_quick_and_mlflow_keeps_its_retries(tmp_path):
+    """A dead server: the sender's batch fails in one try, and the process-wide retry setting
+    (which run creation, parameters, artifacts and the final status rely on) is left alone."""
+    import os
+
+    from tracking.mlflow_tracker import Metric, MlflowClient, send_batch
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    began = time.monotonic()
+    with pytest.raises(Exception):
+        send_batch(MlflowClient("http://127.0.0.1:9"), "0" * 32, [Metric("loss", 1.0, 0, 0)])
+    assert time.monotonic() - began < 10  # MLflow's own retries take minutes here

@@ -16,17 +16,58 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
-# MLflow's own HTTP retries would block for minutes on a dead server: the sender retries instead.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.protos.service_pb2 import LogBatch, SearchExperiments
+from mlflow.store.tracking.rest_store import RestStore
+from mlflow.utils.proto_json_utils import message_to_json
+from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
 FLUSH_EVERY_S = 5.0  # a send costs CPU on the training node: batch five seconds of samples
 FINAL_FLUSH_S = 30.0
+QUICK_TIMEOUT_S = 10.0  # one try of the sender's (or the reachability check's) request
+
+
+def _rest_store(client: MlflowClient) -> Optional[RestStore]:
+    """The client's REST store; None for a local SQLite store, where nothing can time out."""
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    return store if isinstance(store, RestStore) else None
+
+
+def _quick_call(store: RestStore, api, message) -> None:
+    """One request, no retries, a short timeout.
+
+    MLflow retries a request for minutes on a dead server (MLFLOW_HTTP_REQUEST_MAX_RETRIES):
+    right for run creation, parameters, artifacts and the final status, which keep those
+    retries, but not for the sender, which keeps its metrics and retries on its own schedule,
+    nor for a reachability check.  MLflow reads the retry count from the environment for
+    every request, process-wide, so the quick calls make their own request instead.
+    """
+    endpoint, method = RestStore._METHOD_TO_INFO[api]
+    body = json.loads(message_to_json(message))
+    response = http_request(store.get_host_creds(), endpoint, method, json=body, max_retries=0,
+                            timeout=QUICK_TIMEOUT_S)
+    verify_rest_response(response, endpoint)
+
+
+def send_batch(client: MlflowClient, run_id: str, metrics: list) -> None:
+    """log_batch for the sender: one quick try over HTTP, a plain call into SQLite."""
+    store = _rest_store(client)
+    if store is None:
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+        return
+    _quick_call(store, LogBatch, LogBatch(run_id=run_id, metrics=[m.to_proto() for m in metrics]))
+
+
+def ping(client: MlflowClient) -> None:
+    """Raise unless the tracking server answers a search within seconds."""
+    store = _rest_store(client)
+    if store is None:
+        client.search_experiments(max_results=1)
+        return
+    _quick_call(store, SearchExperiments, SearchExperiments(max_results=1))
 
 
 class MetricSender(threading.Thread):
@@ -63,7 +104,7 @@ class MetricSender(threading.Thread):
         while self.pending:
             chunk = self.pending[:MAX_METRICS_PER_BATCH]
             try:
-                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+                send_batch(self.client, self.run_id, chunk)
             except Exception as e:  # any transport or server error: keep the metrics, retry later
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -127,6 +168,7 @@ class MlflowTracker:
         self.sender.start()
         self.location = f"MLflow run {run_id} at {uri}"
         self.finished = False
+        self.closed = False
 
     def log_params(self, params: Mapping) -> None:
         existing = self.client.get_run(self.run_id).data.params
@@ -186,6 +228,26 @@ class MlflowTracker:
         self.log_artifact(path)
         return path
 
+    def log_dict(self, data: dict, name: str) -> None:
+        try:
+            self.client.log_dict(self.run_id, data, name)
+        except Exception as e:
+            print(f"tracking: could not upload {name} ({type(e).__name__})", flush=True)
+
+    def log_dataset(self, name: str, features, targets, source: Mapping, context: str) -> None:
+        """MLflow's dataset input: name, digest, schema and shape, and where it came from."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.numpy_dataset import from_numpy
+        try:
+            dataset = from_numpy(features, targets=targets, name=name,
+                                 source=CodeDatasetSource({k: str(v) for k, v in source.items()}))
+            entity = Dataset(**dataset.to_dict())
+            self.client.log_inputs(self.run_id, [DatasetInput(
+                entity, [InputTag("mlflow.data.context", context)])])
+        except Exception as e:  # a description of the data: never fail training for it
+            print(f"tracking: could not log the {name} dataset ({type(e).__name__}: {e})",
+                  flush=True)
+
     def log_model(self, model) -> None:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
@@ -198,6 +260,18 @@ class MlflowTracker:
         for entry in history:
             self.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
 
+    def close(self, flush_s: float = FINAL_FLUSH_S) -> None:
+        """Send what is queued; what cannot be sent goes to the fallback file, and a line says so."""
+        if self.closed:
+            return
+        self.closed = True
+        unsent = self.sender.close(deadline_s=flush_s)
+        if unsent:
+            print(f"tracking: {unsent} metric values could not reach {self.uri} "
+                  f"({self.sender.last_error}); saved to {self.sender.fallback}. "
+                  f"Import them later with: harness tracking import {self.sender.fallback}",
+                  flush=True)
+
     def finish(self, status: str, reason: str = "", flush_s: Optional[float] = None) -> None:
         if self.finished:
             return
@@ -206,12 +280,7 @@ class MlflowTracker:
         # and leave the rest in the fallback file rather than lose it mid-send.
         if flush_s is None:
             flush_s = 3.0 if status == "KILLED" else FINAL_FLUSH_S
-        unsent = self.sender.close(deadline_s=flush_s)
-        if unsent:
-            print(f"tracking: {unsent} metric values could not reach {self.uri} "
-                  f"({self.sender.last_error}); saved to {self.sender.fallback}. "
-                  f"Import them later with: harness tracking import {self.sender.fallback}",
-                  flush=True)
+        self.close(flush_s)
         if reason:
             self.set_tags({"failure_reason": reason})
         try:

@@ -1,6 +1,8 @@
 """Where a run came from: versions, hosts, GPUs, git state (all best effort, never raising)."""
 from __future__ import annotations
 
+import getpass
+import os
 import platform
 import socket
 import subprocess
@@ -42,6 +44,14 @@ def git_state(where: Path) -> dict:
 
 def host() -> str:
     return socket.gethostname()
+
+
+def user() -> str:
+    """Who ran it: the login name (SLURM runs jobs as their owner)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return os.environ.get("USER", "unknown")
 
 
 def pip_freeze() -> str:

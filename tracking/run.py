@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Mapping, Optional
@@ -24,9 +25,9 @@ def check_reachable(spec: JobSpec) -> bool:
     uri = tracking_uri()
     if not spec.tracking.enabled or not uri.startswith(("http://", "https://")):
         return True
-    from tracking.mlflow_tracker import MlflowClient
+    from tracking.mlflow_tracker import MlflowClient, ping
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        ping(MlflowClient(uri))
         return True
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
@@ -76,10 +77,9 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> obj
     """
     if not ctx.is_chief or not spec.tracking.enabled or not check_reachable(spec):
         return NullTracker()
-    from tracking.mlflow_tracker import MlflowClient, MlflowTracker, logged_steps
+    from tracking.mlflow_tracker import MlflowClient, logged_steps
 
-    uri = tracking_uri()
-    client = MlflowClient(uri)
+    client = MlflowClient(tracking_uri())
     run_id = os.environ.get("MLFLOW_RUN_ID") or (resume_state.run_id if resume_state else None)
     already = {}
     if run_id:
@@ -88,8 +88,8 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> obj
         _forget_failure(client, run_id)
     else:
         run_id = _create_run(client, spec, ctx)
-    fallback = spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl"
-    tracker = MlflowTracker(client, run_id, uri, fallback, already)
+    tracker = attach(run_id, spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl",
+                     already)
     _record_start(tracker, spec, ctx, resume_state, dict(derived))
     if resume_state is not None:
         tracker.backfill(resume_state.history)
@@ -104,10 +104,57 @@ def _forget_failure(client, run_id: str) -> None:
 
 def _create_run(client, spec: JobSpec, ctx) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or spec.experiment
+    tags = {"harness.job": spec.job, **ctx.slurm.tags(),
+            **source_tags(spec.spec_path, "JOB" if ctx.slurm.in_step else "LOCAL")}
+    return create_run(client, name, spec.name, tags)
+
+
+# MLflow 3's UI shows experiments of this kind as model training, not GenAI.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client, name: str) -> str:
+    """The experiment's id; one the harness creates is tagged as model training."""
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-    tags = {"mlflow.runName": spec.name, "harness.job": spec.job, **ctx.slurm.tags()}
-    return client.create_run(experiment_id, run_name=spec.name, tags=tags).info.run_id
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, tags=EXPERIMENT_KIND)
+
+
+def source_tags(source: str, kind: str = "LOCAL") -> dict:
+    """MLflow's standard tags: who ran what, from which commit (the UI's Source and User)."""
+    tags = {"mlflow.user": provenance.user(), "mlflow.source.name": source,
+            "mlflow.source.type": kind}
+    commit = provenance.git_state(Path(source).parent if Path(source).exists() else Path.cwd())
+    if commit.get("git.commit", "none") not in ("none", "unknown"):
+        tags["mlflow.source.git.commit"] = commit["git.commit"]
+    return tags
+
+
+def create_run(client, experiment: str, run_name: str, tags: Mapping,
+               parent_run_id: Optional[str] = None) -> str:
+    """A new run (a child of ``parent_run_id`` when given); its id."""
+    tags = {"mlflow.runName": run_name, **tags}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(experiment_id(client, experiment), run_name=run_name,
+                             tags=tags).info.run_id
+
+
+def attach(run_id: str, fallback: Path, already_logged: Optional[dict] = None):
+    """A tracker writing into an existing run (rank 0's job run, another node's telemetry)."""
+    from tracking.mlflow_tracker import MlflowClient, MlflowTracker
+    uri = tracking_uri()
+    return MlflowTracker(MlflowClient(uri), run_id, uri, fallback, already_logged)
+
+
+def start_run(experiment: str, run_name: str, tags: Mapping = (), source: str = "",
+              parent_run_id: Optional[str] = None):
+    """A new run and its tracker: the scaling sweep's parent, `harness probe --log`."""
+    from tracking.mlflow_tracker import MlflowClient
+    tags = {**source_tags(source or " ".join(sys.argv)), **dict(tags)}
+    run_id = create_run(MlflowClient(tracking_uri()), experiment, run_name, tags, parent_run_id)
+    return attach(run_id, Path("runs") / f"mlflow-fallback-{run_id}.jsonl")
 
 
 def run_params(spec: JobSpec, ctx) -> dict:

@@ -1,7 +1,57 @@
-"""The interface training code talks to; ranks other than 0 get the do-nothing twin."""
+"""The one interface every part of the harness writes to MLflow through.
+
+``MlflowTracker`` (tracking/mlflow_tracker.py) writes one MLflow run; ``NullTracker`` accepts every
+call and records nothing, for ranks other than 0 and for tracking switched off, so job code never
+branches on rank.  The training run, the telemetry of other nodes, the scaling sweep's parent
+run and ``harness probe --log`` all go through it, so batching, retries and the fallback file
+behave the same everywhere.
+"""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    run_id: Optional[str]
+    location: str  # "MLflow run <id> at <uri>", for the closing lines; "" when nothing is recorded
+
+    def log_params(self, params: Mapping) -> None:
+        """Parameters; ones the run already has are left as they are (a resumed run)."""
+
+    def set_tags(self, tags: Mapping) -> None:
+        """Tags; never fails training (they describe, they do not measure)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queued for the background sender; a (key, step) logged before a resume is skipped."""
+
+    def log_system_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Telemetry samples: queued like metrics, steps are seconds since the job started."""
+
+    def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
+        """Upload a file; on failure it stays on disk and a line says so."""
+
+    def log_dict(self, data: dict, name: str) -> None:
+        """A JSON (or YAML, by ``name``'s suffix) artifact made from ``data``."""
+
+    def log_dataset(self, name: str, features, targets, source: Mapping, context: str) -> None:
+        """The data a run trained on, as an MLflow dataset input (name, digest, schema, shape)."""
+
+    def log_summary(self, spec, history, final, verdict, best=None, telemetry_lines=(),
+                    timeline=None) -> None:
+        """The loss-curve PNG and the HTML report."""
+
+    def log_timeline(self, spec, samples, epoch_ends):
+        """The telemetry timeline PNG; its path, or None."""
+
+    def log_model(self, model) -> None:
+        """The final Keras model."""
+
+    def close(self) -> None:
+        """Send what is queued (or write it to the fallback file); leave the run's status alone."""
+
+    def finish(self, status: str, reason: str = "", flush_s: Optional[float] = None) -> None:
+        """close(), then mark the run FINISHED, FAILED (with ``reason``) or KILLED."""
 
 
 class NullTracker:
@@ -25,6 +75,12 @@ class NullTracker:
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
         pass
 
+    def log_dict(self, data: dict, name: str) -> None:
+        pass
+
+    def log_dataset(self, name: str, features, targets, source: Mapping, context: str) -> None:
+        pass
+
     def log_summary(self, spec, history, final, verdict, best=None, telemetry_lines=(),
                     timeline=None) -> None:
         pass
@@ -33,6 +89,9 @@ class NullTracker:
         return None
 
     def log_model(self, model) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def finish(self, status: str, reason: str = "", flush_s: Optional[float] = None) -> None:

@@ -21,16 +21,12 @@ def _sink_for(ctx: ProcessContext, tracker, run_id: Optional[str], started: floa
         return lambda metrics, t: tracker.log_system_metrics(metrics, step=int(t - started))
     if run_id is None:
         return lambda metrics, t: None
-    from tracking.mlflow_tracker import Metric, MetricSender, MlflowClient
-    from tracking.run import tracking_uri
-    sender = MetricSender(MlflowClient(tracking_uri()), run_id,
-                          fallback_path(ctx, run_id))
-    sender.start()
+    from tracking.run import attach
+    node = attach(run_id, fallback_path(ctx, run_id))  # this node's own sender, the same run
 
     def sink(metrics, t):
-        for key, value in metrics.items():
-            sender.queue.put(Metric(key, float(value), int(t * 1000), int(t - started)))
-    sink.sender = sender
+        node.log_system_metrics(metrics, step=int(t - started))
+    sink.tracker = node
     return sink
 
 
@@ -59,9 +55,9 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
     mine = {}
     if sampler is not None:
         sampler.stop()
-        sender = getattr(sampler.sink, "sender", None)
-        if sender is not None:
-            sender.close()
+        node = getattr(sampler.sink, "tracker", None)
+        if node is not None:
+            node.close()  # flush this node's samples; rank 0 owns the run's status
         totals = {(sampler.host, g.index): g.memory_total_mb for g in sampler.gpus}
         summaries, _ = telemetry_summary.summarize(sampler.history, totals)
         mine = {"host": sampler.host, "gpus": sampler.inventory(), "summaries": summaries}

@@ -8,7 +8,6 @@ except to choose them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
@@ -104,6 +103,9 @@ def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[
 def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
           resume_state: Optional[checkpoint.CheckpointState]) -> Outcome:
     splits: Splits = job.load_data(spec.data, spec.training.seed)
+    if resume_state is None:  # what the run trained on: name, digest, shape (rank 0 records it)
+        tracker.log_dataset(f"{spec.name}-train", splits.x_train, splits.y_train,
+                            {"job": spec.job, "spec": spec.spec_path}, "training")
     model, target_lr = compile_model(job, spec, ctx)
     history, start = [], 0
     # Slots exist from the start: a checkpoint taken before the first step holds them too.

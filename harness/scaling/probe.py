@@ -127,20 +127,19 @@ def main(argv=None) -> int:
 
 def log_probe(result: dict) -> Optional[str]:
     """One MLflow run in experiment 'probe': bus bandwidth per size (step = bytes)."""
-    import mlflow
-    from tracking.run import tracking_uri
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment("probe")
-    with mlflow.start_run(run_name="probe") as run:
-        hosts = sorted({n["host"] for n in result["nodes"]})
-        mlflow.log_params({"ranks": len(result["nodes"]), "hosts": ",".join(hosts)})
-        for r in result["sweep"]:
-            if r["ranks"] > 1:
-                mlflow.log_metric(f"probe/{r['backend']}_busbw_GBps", r["busbw_GBps"], step=r["bytes"])
-            mlflow.log_metric(f"probe/{r['backend']}_seconds", r["seconds"], step=r["bytes"])
-        mlflow.log_dict(result, "probe.json")
-        print(f"probe: logged to MLflow run {run.info.run_id} at {tracking_uri()}", flush=True)
-        return run.info.run_id
+    from tracking.run import start_run
+    tracker = start_run("probe", "probe", {"harness.kind": "probe"}, "harness probe")
+    hosts = sorted({n["host"] for n in result["nodes"]})
+    tracker.log_params({"ranks": len(result["nodes"]), "hosts": ",".join(hosts)})
+    for r in result["sweep"]:
+        figures = {f"probe/{r['backend']}_seconds": r["seconds"]}
+        if r["ranks"] > 1:
+            figures[f"probe/{r['backend']}_busbw_GBps"] = r["busbw_GBps"]
+        tracker.log_metrics(figures, step=r["bytes"])
+    tracker.log_dict(result, "probe.json")
+    tracker.finish("FINISHED")
+    print(f"probe: logged to {tracker.location}", flush=True)
+    return tracker.run_id
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ communication model (harness.scaling.comm_model) turns into a predicted efficien
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +27,6 @@ from harness.runtime.collectives import MEASURE_ALLREDUCE
 from harness.spec.schema import JobSpec
 
 WARMUP_EPOCHS = 1
-PARENT_TAG = "mlflow.parentRunId"
 
 
 @dataclass
@@ -138,8 +135,9 @@ def rows_with_model(results: dict[int, SizeResult], batch: int) -> tuple[list, d
     return rows, predictions
 
 
-def report(client, parent: str, spec: JobSpec, rows: list, predictions: dict,
+def report(parent, spec: JobSpec, rows: list, predictions: dict,
            results: dict[int, SizeResult]) -> None:
+    """The table and diagnosis on stdout; metrics (step = N), CSV and plots on the parent run."""
     from harness.scaling import report as scale_report
     print(scale_report.table(rows), flush=True)
     grad = next((r.metrics.get("comm/gradient_bytes") for r in results.values()), None)
@@ -157,62 +155,65 @@ def report(client, parent: str, spec: JobSpec, rows: list, predictions: dict,
               f"{results[row.processes].metrics['comm/busbw_GBps']:.3f} GB/s bus bandwidth; "
               f"{comm_model.diagnose(row.efficiency, p, util)}", flush=True)
     for row in rows:
-        client.log_metric(parent, "scale/samples_per_sec", row.throughput.mean, step=row.processes)
-        client.log_metric(parent, "scale/speedup", row.speedup, step=row.processes)
-        client.log_metric(parent, "scale/efficiency", row.efficiency, step=row.processes)
-        if not math.isnan(row.throughput.half_width):
-            client.log_metric(parent, "scale/ci95_half_width", row.throughput.half_width,
-                              step=row.processes)
-        if row.predicted_efficiency is not None:
-            client.log_metric(parent, "scale/predicted_efficiency", row.predicted_efficiency,
-                              step=row.processes)
+        parent.log_metrics(scale_metrics(row), step=row.processes)
     with tempfile.TemporaryDirectory() as tmp:
         title = f"{spec.name}: scaling"
         for path in (scale_report.write_csv(rows, Path(tmp) / "scaling.csv"),
                      scale_report.throughput_png(rows, Path(tmp) / "throughput.png", title),
                      scale_report.efficiency_png(rows, Path(tmp) / "efficiency.png", title)):
-            client.log_artifact(parent, str(path))
+            parent.log_artifact(path)
+
+
+def scale_metrics(row) -> dict:
+    """One size's figures for the parent run; intervals and predictions only where they exist."""
+    metrics = {"scale/samples_per_sec": row.throughput.mean, "scale/speedup": row.speedup,
+               "scale/efficiency": row.efficiency}
+    if not math.isnan(row.throughput.half_width):
+        metrics["scale/ci95_half_width"] = row.throughput.half_width
+    if row.predicted_efficiency is not None:
+        metrics["scale/predicted_efficiency"] = row.predicted_efficiency
+    return metrics
 
 
 def sweep(plan: SweepPlan) -> int:
     from tracking.mlflow_tracker import MlflowClient
-    from tracking.run import check_reachable, tracking_uri
+    from tracking.run import check_reachable, create_run, start_run, tracking_uri
     spec = load_spec(plan.spec_path, plan.overrides)
     check_reachable(spec)
     uri = tracking_uri()
-    client = MlflowClient(uri)
     sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiment = client.get_experiment_by_name(spec.experiment)
-    exp_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
-    parent = client.create_run(exp_id, run_name=f"scale {spec.name} N={plan.sizes}", tags={
-        "sweep.id": sweep_id, "harness.kind": "scale-sweep"}).info.run_id
-    for key, value in {"sizes": ",".join(map(str, plan.sizes)), "repeats": plan.repeats,
-                       "where": "local" if plan.local else "slurm", "layout": plan.layout,
-                       "spec": plan.spec_path, "batch_size.per_process": spec.training.batch_size,
-                       "fp16_allreduce": spec.training.fp16_allreduce,
-                       "mixed_precision": spec.training.mixed_precision}.items():
-        client.log_param(parent, key, value)
+    parent = start_run(spec.experiment, f"scale {spec.name} N={plan.sizes}",
+                       {"sweep.id": sweep_id, "harness.kind": "scale-sweep"}, spec.spec_path)
+    parent.log_params(sweep_params(plan, spec))
     print(f"scale: sweep {sweep_id}: sizes {plan.sizes}, {plan.repeats} timing windows each "
-          f"after {WARMUP_EPOCHS} warm-up epoch; parent run {parent} at {uri}", flush=True)
+          f"after {WARMUP_EPOCHS} warm-up epoch; parent run {parent.run_id} at {uri}", flush=True)
     try:
-        children = {}
-        for n in plan.sizes:
-            children[n] = client.create_run(exp_id, run_name=f"{spec.name} N={n}", tags={
-                PARENT_TAG: parent, "sweep.id": sweep_id, "scale.processes": str(n)}).info.run_id
+        client = MlflowClient(uri)  # reads the children's results back
+        children = {n: create_run(client, spec.experiment, f"{spec.name} N={n}",
+                                  {"sweep.id": sweep_id, "scale.processes": str(n)},
+                                  parent.run_id) for n in plan.sizes}
         run_sizes(plan, spec, sweep_id, uri, children)
         results = {n: collect(client, children[n], n) for n in plan.sizes}
         rows, predictions = rows_with_model(results, spec.training.batch_size)
-        report(client, parent, spec, rows, predictions, results)
-        client.set_terminated(parent, "FINISHED")
-        print(f"scale: parent run {parent} with {len(children)} child runs; CSV and plots logged",
-              flush=True)
+        report(parent, spec, rows, predictions, results)
+        parent.finish("FINISHED")
+        print(f"scale: parent run {parent.run_id} with {len(children)} child runs; CSV and plots "
+              "logged", flush=True)
         return 0
     except KeyboardInterrupt:
-        client.set_terminated(parent, "KILLED")
+        parent.finish("KILLED", "interrupted")
         raise
-    except BaseException:
-        client.set_terminated(parent, "FAILED")
+    except BaseException as e:
+        parent.finish("FAILED", f"{type(e).__name__}: {e}"[:500])
         raise
+
+
+def sweep_params(plan: SweepPlan, spec: JobSpec) -> dict:
+    return {"sizes": ",".join(map(str, plan.sizes)), "repeats": plan.repeats,
+            "where": "local" if plan.local else "slurm", "layout": plan.layout,
+            "spec": plan.spec_path, "batch_size.per_process": spec.training.batch_size,
+            "fp16_allreduce": spec.training.fp16_allreduce,
+            "mixed_precision": spec.training.mixed_precision}
 
 
 def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, uri: str, children: dict) -> None:
