@@ -88,7 +88,7 @@ def main() -> int:
         return 1
     gpu = sampler.gpus[args.gpu]
     print(f"GPU {gpu.index}: {gpu.name}  uuid {gpu.uuid}  bus {gpu.pci_bus_id}  "
-          f"{gpu.memory_total_mb:.0f} MiB  power limit {gpu.power_limit_w:.0f} W")
+          f"{gpu.memory_total_mb:.0f} MB  power limit {gpu.power_limit_w:.0f} W")
 
     t0 = time.time()
     time.sleep(args.idle)

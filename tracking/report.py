@@ -83,10 +83,10 @@ def timeline_png(samples: Sequence[tuple], epoch_ends: Sequence[float], path: Pa
     """
     t0 = samples[0][0]
     keys = sorted({k for _, m in samples for k in m})
-    gpu_panels = [("utilization_percentage", "GPU busy (%)"), ("memory_usage_megabytes", "GPU memory (MiB)"),
+    gpu_panels = [("utilization_percentage", "GPU busy (%)"), ("memory_usage_megabytes", "GPU memory (MB)"),
                   ("power_usage_watts", "power (W)")]
     host_panels = [("cpu_utilization_percentage", "CPU busy (%)"),
-                   ("system_memory_usage_megabytes", "host memory (MiB)")]
+                   ("system_memory_usage_megabytes", "host memory (MB)")]
     on_gpu = any(re.search(r"/gpu_\d+_", k) for k in keys)
     panels = gpu_panels if on_gpu else host_panels
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.3 * len(panels)), dpi=100, sharex=True)

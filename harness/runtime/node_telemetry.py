@@ -83,7 +83,7 @@ def report_lines(nodes, summaries, advice) -> list[str]:
         lines.append(
             f"telemetry {host} GPU {index}: busy {s.get('utilization_mean_percentage', 0):.0f}% "
             f"(p95 {s.get('utilization_p95_percentage', 0):.0f}%), peak memory "
-            f"{s.get('memory_peak_megabytes', 0):.0f} MiB, {s.get('power_mean_watts', 0):.0f} W, "
+            f"{s.get('memory_peak_megabytes', 0):.0f} MB, {s.get('power_mean_watts', 0):.0f} W, "
             f"{s.get('energy_wh', 0):.2f} Wh, {s.get('gpu_hours', 0):.3f} GPU-h, "
             f"throttled {s.get('throttled_fraction', 0):.0%}")
     return lines + [f"flag: {a}" for a in advice]

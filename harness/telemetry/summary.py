@@ -101,7 +101,7 @@ def flags(summaries: dict) -> list[str]:
 
 
 def summarize(history: Sequence[tuple[float, dict]], memory_totals: dict) -> tuple[dict, list[str]]:
-    """Per-GPU summaries and the flags; ``memory_totals`` is {(host, index): MiB}."""
+    """Per-GPU summaries and the flags; ``memory_totals`` is {(host, index): MB (10^6 bytes)}."""
     summaries = {key: summarize_gpu(per, memory_totals.get(key, 0.0))
                  for key, per in gpu_series(history).items()}
     return summaries, flags(summaries)
