@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 HOROVOD_VERSION="0.28.1"
-SUPPORTED_PYTHONS="3.11 3.10 3.9"
+SUPPORTED_PYTHONS="3.11 3.10"  # MLflow 3.17 needs >= 3.10; TF 2.15 and Horovod 0.28.1 stop at 3.11
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 2; }

@@ -10,31 +10,15 @@ import numpy as np
 import pytest
 
 from harness.files import REPO  # the checkout under test (installed editable)
-SHARED_PIMA = REPO.parent / "shared" / "data" / "pima-indians-diabetes.csv"
+SHIPPED_PIMA = REPO / "jobs" / "data" / "pima-indians-diabetes.csv"
 HARNESS = [sys.executable, "-m", "harness.cli"]
-PIMA_HEADER = "pregnancies,glucose,diastolic,triceps,insulin,bmi,dpf,age,diabetes"
-
-
-def write_pima_like(path: Path, rows: int = 768, seed: int = 0) -> Path:
-    """A CSV with the Pima schema; the label depends on glucose and bmi so it can be learnt."""
-    rng = np.random.default_rng(seed)
-    glucose = rng.normal(120, 30, rows).clip(40, 200)
-    bmi = rng.normal(32, 7, rows).clip(15, 60)
-    cols = [rng.integers(0, 12, rows), glucose, rng.normal(70, 12, rows), rng.normal(20, 15, rows),
-            rng.normal(80, 100, rows).clip(0), bmi, rng.uniform(0.08, 2.4, rows),
-            rng.integers(21, 80, rows)]
-    label = ((glucose - 120) / 30 + (bmi - 32) / 7 + rng.normal(0, 0.7, rows) > 0.5).astype(int)
-    table = np.column_stack(cols + [label])
-    path.write_text(PIMA_HEADER + "\n" + "\n".join(",".join(f"{v:g}" for v in row) for row in table) + "\n")
-    return path
 
 
 @pytest.fixture(scope="session")
 def pima_csv(tmp_path_factory) -> Path:
-    """The real CSV where CI has it beside the clone, a generated one of the same schema otherwise."""
-    if SHARED_PIMA.is_file():
-        return SHARED_PIMA
-    return write_pima_like(tmp_path_factory.mktemp("data") / "pima-like.csv")
+    """The real CSV, as the project ships it."""
+    assert SHIPPED_PIMA.is_file(), f"{SHIPPED_PIMA} is part of the project; restore it from git"
+    return SHIPPED_PIMA
 
 
 @pytest.fixture(scope="session")
