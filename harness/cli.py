@@ -109,6 +109,9 @@ def build_parser() -> OneLineParser:
     serve.add_argument("--port", type=int, default=5000)
     serve.add_argument("--artifacts", default=None, help="artifact directory")
     serve.add_argument("--auth", action="store_true", help="MLflow basic-auth app")
+    serve.add_argument("--allow-host", dest="aliases", action="append", default=[], metavar="NAME",
+                       help="another name clients use for this machine (a DNS alias, an SSH "
+                       "tunnel's name); its own names and addresses are allowed already")
     imp = sub.add_parser("import", help="send a fallback file's metrics to MLflow")
     imp.add_argument("file")
     return parser
@@ -232,7 +235,7 @@ def cmd_report(args) -> int:
 def cmd_tracking(args) -> int:
     if args.action == "serve":
         from tracking.server import serve
-        return serve(args.backend, args.host, args.port, args.artifacts, args.auth)
+        return serve(args.backend, args.host, args.port, args.artifacts, args.auth, args.aliases)
     from tracking.mlflow_tracker import MlflowClient, import_fallback
     from tracking.run import tracking_uri
     path = Path(args.file)

@@ -8,6 +8,7 @@ from typing import Any
 
 from harness.errors import UserError
 from slurm import options
+from slurm.preemption import DEFAULT_MAX_REQUEUES
 from harness.spec.loader import read_yaml
 from harness.spec.schema import FieldError, ResourcesSpec, build, doc, slurm_time_seconds
 
@@ -33,12 +34,16 @@ class Partition:
         "request GPUs with --gres=gpu:G; false on a CPU-only partition (gpus_per_node = processes)"))
     sbatch: Any = field(default=None, metadata=doc(
         "extra sbatch options for this partition, e.g. {constraint: turing}"))
+    max_requeues: int = field(default=DEFAULT_MAX_REQUEUES, metadata=doc(
+        "requeues (preemptions, time limits) after which a job ends FAILED instead; 0..1000"))
 
     def __post_init__(self):
         if self.launch not in LAUNCH_METHODS:
             raise FieldError("launch", self.launch, "use one of " + ", ".join(LAUNCH_METHODS))
         if slurm_time_seconds(self.max_time) is None:
             raise FieldError("max_time", self.max_time, "use HH:MM:SS or D-HH:MM:SS")
+        if not 0 <= self.max_requeues <= 1000:
+            raise FieldError("max_requeues", self.max_requeues, "use 0..1000")
 
     @property
     def max_seconds(self) -> int:

@@ -1,5 +1,11 @@
-"""Signals: SLURM's warning becomes a clean stop at a batch boundary on every rank; SIGTERM and
-SIGINT end the run as interrupted (KILLED).
+"""Signals: SLURM's warning, and SIGTERM inside a SLURM step, become a clean stop at a batch
+boundary on every rank; elsewhere SIGTERM and SIGINT end the run as interrupted (KILLED).
+
+SLURM preempts by sending SIGTERM to every step (SIGKILL after the partition's GraceTime) and,
+with ``PreemptMode=REQUEUE``, requeues the job itself; ``scancel`` sends SIGTERM too (SIGKILL
+after KillWait).  Either way the last finished epoch must reach the disk before the SIGKILL, so
+inside a step SIGTERM is handled as the warning is, and the process then exits with
+``EXIT_TERMINATED`` (not ``EXIT_REQUEUE``: SLURM decides about the requeue).
 
 The rendered script asks SLURM for USR2 some time before preemption or the
 time limit (``--signal=B:USR2@120``) and passes it on to the job step.  The
@@ -19,11 +25,15 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 
 SIGNAL = signal.SIGUSR2  # NCCL may catch USR1; USR2 is what submitit uses for preemption
 SIGNAL_NAME = SIGNAL.name.removeprefix("SIG")  # "USR2", as sbatch --signal and kill -s spell it
 LEAD_S = 120  # the last batch, a checkpoint write and the metric flush must fit in this
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again later"; the batch script requeues on this status
+EXIT_TERMINATED = 128 + signal.SIGTERM  # stopped cleanly on SIGTERM: what the shell reports
+MAX_REQUEUES_ENV = "HARNESS_MAX_REQUEUES"  # the partition's cap, exported by the batch script
+DEFAULT_MAX_REQUEUES = 5
 
 # The batch script's end: SLURM signals the batch shell (B:), which passes the signal on to the
 # step and waits until the step has really ended; on EXIT_REQUEUE it requeues the job.
@@ -31,6 +41,9 @@ REQUEUE_TAIL = f"""\
 # SLURM warns this shell (B:) before preemption or the time limit: pass it on to the step,
 # whose ranks stop after the same batch, checkpoint and exit with {EXIT_REQUEUE}.
 trap 'kill -{SIGNAL_NAME} "$step" 2>/dev/null' {SIGNAL_NAME}
+# Preemption and scancel send SIGTERM to the step's ranks themselves: this shell stays until they
+# have checkpointed and ended (its own death would end the job before the grace time is over).
+trap ':' TERM
 status=""
 while [[ -z $status ]]; do  # a trapped signal interrupts wait: wait until the step ends
     if wait "$step"; then status=0; else rc=$?; kill -0 "$step" 2>/dev/null || status=$rc; fi
@@ -49,6 +62,8 @@ def sbatch_signal() -> str:
 
 _requested = False
 _terminating = False
+_signal_name = ""  # which signal asked for the stop, for the closing line and the run
+_signal_at = 0.0  # time.monotonic() when it arrived: signal-to-exit is measured from here
 
 
 class Preempted(Exception):
@@ -61,7 +76,10 @@ class Preempted(Exception):
 
 
 def _note_signal(signum, frame) -> None:
-    global _requested
+    # No I/O in a handler: remember what came and when; the ranks agree at a batch boundary.
+    global _requested, _signal_name, _signal_at
+    if not _requested:
+        _signal_name, _signal_at = signal.Signals(signum).name, time.monotonic()
     _requested = True
 
 
@@ -73,11 +91,27 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def install() -> None:
-    """Catch the warning signal, SIGTERM and SIGINT; call first, before slow imports."""
+def install(in_slurm_step: bool) -> None:
+    """Catch the warning signal, SIGTERM and SIGINT; call first, before slow imports.
+
+    In a SLURM step SIGTERM means preemption or scancel with a grace period: stop cleanly like
+    the warning.  Elsewhere (Ctrl-C, horovodrun tearing down) it interrupts at once.
+    """
     signal.signal(SIGNAL, _note_signal)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _note_signal if in_slurm_step else _terminate)
     signal.signal(signal.SIGINT, _terminate)
+
+
+def stopped_by() -> tuple[str, float]:
+    """(signal name, seconds since it arrived) of the stop request."""
+    return _signal_name, time.monotonic() - _signal_at
+
+
+def requeue_cap(env=None) -> int:
+    """The partition's cap on requeues (exported by the batch script)."""
+    import os
+    value = (env if env is not None else os.environ).get(MAX_REQUEUES_ENV, "")
+    return int(value) if value.isdigit() else DEFAULT_MAX_REQUEUES
 
 
 def terminating() -> bool:
@@ -91,9 +125,9 @@ def requested() -> bool:
 
 def reset() -> None:
     """Forget any signal seen (a process that trains again after a handled stop, and tests)."""
-    global _requested, _terminating
-    _requested = False
-    _terminating = False
+    global _requested, _terminating, _signal_name, _signal_at
+    _requested = _terminating = False
+    _signal_name, _signal_at = "", 0.0
 
 
 CHECK_BUDGET = 0.01  # the agreement may cost at most 1% of the training time

@@ -58,13 +58,18 @@ def sbatch_options(spec: JobSpec, cluster: Cluster, log_dir: Path, workdir: Path
     return {**site, **computed}
 
 
-def launch_command(spec: JobSpec, launch: str) -> list[str]:
+def launch_command(spec: JobSpec, launch: str, cpus_per_task: str) -> list[str]:
     """srun (one task per GPU, the profile's MPI plugin) or mpirun, for every process."""
     r = spec.resources
     tasks = r.nodes * r.gpus_per_node
     if launch == "mpirun":
-        return ["mpirun", "-np", str(tasks), "--map-by", f"ppr:{r.gpus_per_node}:node"]
-    return LAUNCHERS[launch] + [f"--ntasks={tasks}", f"--ntasks-per-node={r.gpus_per_node}"]
+        # Horovod's MPI guide: no binding (a rank's threads use its cores), ranks fill the
+        # allocation's slots (ntasks-per-node per node) in order.
+        return ["mpirun", "-np", str(tasks), "--bind-to", "none", "--map-by", "slot"]
+    # Since SLURM 22.05 srun no longer inherits --cpus-per-task from the batch allocation: without
+    # it each rank may get one core while OMP_NUM_THREADS says more.
+    return LAUNCHERS[launch] + [f"--ntasks={tasks}", f"--ntasks-per-node={r.gpus_per_node}",
+                                f"--cpus-per-task={cpus_per_task}"]
 
 
 def _exports(values: Mapping) -> str:
@@ -94,11 +99,13 @@ def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
         spec_path=spec.spec_path, cluster=cluster.name, options=sorted(options.items()),
         preamble=cluster.preamble,
         env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": options["cpus-per-task"],
-             "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},
+             "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+             preemption.MAX_REQUEUES_ENV: str(part.max_requeues)},
         nccl=part.nccl or {}, horovod=HOROVOD_ENV,
         tracking={"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {},
         tasks=spec.resources.nodes * spec.resources.gpus_per_node, nodes=spec.resources.nodes,
-        per_node=spec.resources.gpus_per_node, launch=launch_command(spec, part.launch) + worker,
+        per_node=spec.resources.gpus_per_node,
+        launch=launch_command(spec, part.launch, options["cpus-per-task"]) + worker,
         requeue_tail=preemption.REQUEUE_TAIL)
 
 

@@ -27,8 +27,8 @@ def _run(cmd: list[str]) -> Optional[str]:
 
 
 def queued_jobs() -> dict[str, dict]:
-    """{job id: {state, name, elapsed, reason}} for the harness's jobs in squeue."""
-    out = _run(["squeue", "-h", "-o", "%i|%j|%T|%M|%r|%k"]) or ""
+    """{job id: {state, name, elapsed, reason}} for the caller's harness jobs in squeue."""
+    out = _run(["squeue", "--me", "-h", "-o", "%i|%j|%T|%M|%r|%k"]) or ""
     jobs = {}
     for line in out.splitlines():
         job_id, name, state, elapsed, reason, comment = (line.split("|") + [""] * 6)[:6]
@@ -37,16 +37,32 @@ def queued_jobs() -> dict[str, dict]:
     return jobs
 
 
-def finished_state(job_id: str) -> str:
-    """The state of a job squeue no longer shows: sacct, else scontrol, else unknown."""
-    out = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"])
-    if out and out.strip():
-        return out.split()[0]
+FORGOTTEN = "UNKNOWN (forgotten by SLURM; no accounting)"
+
+
+def finished_states(job_ids: list[str]) -> dict[str, str]:
+    """The states of jobs squeue no longer shows: one sacct call, else scontrol per job."""
+    if not job_ids:
+        return {}
+    out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"]) or ""
+    states = {}
+    for line in out.splitlines():
+        job_id, _, state = line.partition("|")
+        if job_id in job_ids and state:
+            states[job_id] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+    for job_id in job_ids:
+        states.setdefault(job_id, _scontrol_state(job_id))
+    return states
+
+
+def _scontrol_state(job_id: str) -> str:
+    """Where accounting is off: the controller remembers a job for MinJobAge seconds."""
     out = _run(["scontrol", "show", "job", job_id]) or ""
     for word in out.split():
         if word.startswith("JobState="):
             return word.split("=", 1)[1]
-    return "UNKNOWN (forgotten by SLURM; no accounting)"
+    return FORGOTTEN
+
 
 
 def job_records(log_root: Path) -> dict[str, dict]:
@@ -79,10 +95,11 @@ def show(job_id: Optional[str], progress: Callable[[dict, str], str],
     if not ids:
         print(f"no harness jobs in the queue or under {log_root}/*/slurm/")
         return 0
+    gone = finished_states([jid for jid in ids if jid not in queued])
     for jid in ids:
         rec = records.get(jid, {})
         live = queued.get(jid)
-        state = f"{live['state']} {live['elapsed']}" if live else finished_state(jid)
+        state = f"{live['state']} {live['elapsed']}" if live else gone[jid]
         if live and live["state"] == "PENDING":
             state += f" ({live['reason']})"
         name = rec.get("name") or (live or {}).get("name", "?")

@@ -9,15 +9,18 @@ from tracking import server
 
 
 class MlflowServer:
-    def __init__(self, root: Path, host: str = "127.0.0.1"):
-        self.root, self.host = root, host
-        self.port = server.free_port(host)
-        self.url = f"http://{host}:{self.port}"
+    def __init__(self, root: Path, host: str = "127.0.0.1", name: str = "",
+                 aliases: tuple = ()):
+        """``name``: how clients reach it (default: the bind address); ``aliases``: --allow-host."""
+        self.root, self.host, self.aliases = root, host, list(aliases)
+        self.port = server.free_port("127.0.0.1" if host == "0.0.0.0" else host)
+        self.url = f"http://{name or host}:{self.port}"
         self.proc = None
 
     def start(self) -> "MlflowServer":
         self.proc = server.start(f"sqlite:///{self.root / 'server.db'}", self.host, self.port,
-                                 self.root / "artifacts", log=self.root / "server.log")
+                                 self.root / "artifacts", log=self.root / "server.log",
+                                 aliases=self.aliases)
         server.wait_ready(self.url, self.proc)
         return self
 

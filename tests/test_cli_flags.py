@@ -17,7 +17,7 @@ EXPECTED = {
               "--sbatch"},
     "probe": {"--np", "--controller", "--max-bytes", "--log"},
     "report": {"run_id"},
-    "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth"},
+    "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth", "--allow-host"},
     "tracking import": {"file"},
 }
 

@@ -120,3 +120,19 @@ def test_early_stopping_restores_best_weights_and_logs_the_model(workdir, pima_c
     assert run.data.tags["overfitting"].startswith("overfitting detected at epoch")
     assert int(run.data.metrics["best_epoch"]) < len(client.get_metric_history(run.info.run_id, "loss"))
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
+
+
+def test_a_job_requeued_past_the_cap_fails_with_the_reason(workdir):
+    """A job that dies on every attempt must not loop: once SLURM's restart count passes the
+    partition's max_requeues (exported by the batch script), the worker ends the run FAILED."""
+    step = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+            "SLURM_RESTART_COUNT": "3", "HARNESS_MAX_REQUEUES": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "harness.runtime.worker", str(JOBS / "synthetic.yaml"),
+                           "--set", "data.samples_per_epoch=64", "--resume"], cwd=workdir,
+                          env={**os.environ, **step}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "requeued 3 times, more than the partition's max_requeues=2" in done.stderr
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])[0]
+    assert run.info.status == "FAILED" and "max_requeues=2" in run.data.tags["failure_reason"]
+    assert run.data.tags["slurm.job_id"] == "77"

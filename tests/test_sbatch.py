@@ -48,6 +48,8 @@ def test_sbatch_lines_agree_with_each_other_and_the_launch_line():
     assert opts["signal"] == "B:USR2@120" and opts["output"].endswith("%x-%j.out")
     launch = next(line for line in script.splitlines() if line.startswith("srun "))
     assert "--ntasks=12" in launch and "--ntasks-per-node=6" in launch and "--mpi=pmix" in launch
+    # srun (SLURM >= 22.05) no longer inherits the allocation's CPUs per task: it is passed on.
+    assert f"--cpus-per-task={opts['cpus-per-task']}" in launch.split()
     assert "export CUDA_DEVICE_ORDER=PCI_BUS_ID" in script and "export NCCL_P2P_DISABLE=1" in script
 
 
@@ -145,3 +147,15 @@ def test_the_signal_is_one_constant_for_directive_handler_and_trap():
     assert parse_sbatch_options(script)["signal"] == f"B:{name}@{preemption.LEAD_S}"
     assert f"trap 'kill -{name} \"$step\" 2>/dev/null' {name}" in script
     assert f"[[ $status == {preemption.EXIT_REQUEUE} ]]" in script
+
+
+def test_mpirun_launch_follows_horovods_mpi_guide(tmp_path):
+    profile = (REPO / "slurm" / "clusters" / "lars.yaml").read_text().replace(
+        "launch: srun-pmix               # srun --mpi=pmix; ASSUMPTION: SLURM built with PMIx",
+        "launch: mpirun")
+    (tmp_path / "mpi.yaml").write_text(profile)
+    spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", ["resources.nodes=2"])
+    script = render_sbatch(spec, load_cluster(str(tmp_path / "mpi.yaml")), Path("/opt/h"), Path("/l"))
+    launch = shlex.split(next(line for line in script.splitlines() if line.startswith("mpirun ")))
+    assert launch[:8] == ["mpirun", "-np", "12", "--bind-to", "none", "--map-by", "slot",
+                          "/opt/h/.venv/bin/python"]

@@ -137,6 +137,11 @@ def test_scancel_without_requeue_keeps_the_checkpoint_and_marks_the_run_killed(
 
     pointer = json.loads((workdir / "runs" / "diabetes_mlp" / "checkpoints" / "latest.json").read_text())
     assert pointer["epoch"] >= 2
+    # scancel sends SIGTERM: the ranks stopped together and the last finished epoch is on disk.
+    stopped = re.search(r"SIGTERM: stopped during epoch (\d+) on every rank, ([\d.]+) s after",
+                        _log(workdir, job_id))
+    assert stopped, _log(workdir, job_id)
+    assert pointer["epoch"] == int(stopped.group(1)) - 1 and float(stopped.group(2)) < 15
     deadline = time.monotonic() + 30
     while (_only_run(mlflow_server.url, "slurm-cancel")[1].info.status == "RUNNING"
            and time.monotonic() < deadline):
@@ -231,3 +236,44 @@ def test_scale_on_slurm_runs_one_job_per_size_into_child_runs(slurm, workdir):
     by_size = {c.data.tags["scale.processes"]: c for c in children}
     assert sorted(by_size) == ["1", "2"]
     assert {by_size[str(n)].data.tags["slurm.job_id"] for n in (1, 2)} == set(jobs.values())
+
+
+@pytest.mark.slow
+def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, workdir, pima_csv,
+                                                                     mlflow_server):
+    """As SLURM preempts: a job in a higher-tier partition takes the node; the harness job gets
+    SIGTERM (not the warning), has GraceTime to leave its last epoch on disk, SLURM requeues it,
+    and it resumes into the same run."""
+    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-real-preempt",
+                   "--set", "training.epochs=8", "--set", "training.batch_size=2",
+                   "--set", "checkpoint.every_epochs=100")  # only the stop itself checkpoints
+    job_id = _job_id(done)
+    _wait_for_line(workdir, job_id, r"epoch +3/8")
+    urgent = slurm.cmd("sbatch", "--parsable", "--partition=urgent", f"--ntasks={os.cpu_count()}",
+                       "--mem=100M", "--output=/dev/null", "--wrap", "sleep 3").strip()
+    assert urgent.isdigit(), urgent
+    deadline = time.monotonic() + 120
+    while slurm.job(job_id).get("Restarts") != "1":
+        assert time.monotonic() < deadline, f"job {job_id} was not preempted: {slurm.job(job_id)}"
+        time.sleep(0.5)
+    slurm.wait_state(urgent, {"COMPLETED", "FAILED", "CANCELLED"}, 120)
+    slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip the requeue hold
+    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
+    log = _log(workdir, job_id)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", \
+        log + "\n--- stderr\n" + _log(workdir, job_id, "err")[-3000:]
+
+    stopped = re.search(r"SIGTERM: stopped during epoch (\d+) on every rank, ([\d.]+) s after "
+                        r"the signal; checkpoint at epoch (\d+)", log)
+    assert stopped, log
+    interrupted, seconds, saved = int(stopped.group(1)), float(stopped.group(2)), int(stopped.group(3))
+    assert saved == interrupted - 1 >= 3 and seconds < 30  # within GraceTime, no finished epoch lost
+    assert f"resuming at epoch {saved + 1}" in log
+
+    client, run = _only_run(mlflow_server.url, "slurm-real-preempt")
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    for key in ("loss", "val_loss", "generalization_gap"):
+        assert _steps(client, run.info.run_id, key) == list(range(8)), key  # each epoch once
+    signal_to_stop = client.get_metric_history(run.info.run_id, "slurm/stop_after_signal_s")
+    assert [m.step for m in signal_to_stop] == [0]
+    print(f"signal-to-stop {seconds:.1f} s (GraceTime 30 s)")  # the figure the README quotes

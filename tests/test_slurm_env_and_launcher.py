@@ -68,7 +68,7 @@ def test_the_warning_signal_sets_a_flag_only_and_reset_clears_it():
     from slurm import preemption
     previous = {s: signal.getsignal(s) for s in (preemption.SIGNAL, signal.SIGTERM, signal.SIGINT)}
     try:
-        preemption.install()
+        preemption.install(in_slurm_step=True)
         assert not preemption.requested()
         os.kill(os.getpid(), preemption.SIGNAL)  # what srun passes on from SLURM's warning
         assert preemption.requested() and not preemption.terminating()
@@ -77,3 +77,34 @@ def test_the_warning_signal_sets_a_flag_only_and_reset_clears_it():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def test_sigterm_in_a_slurm_step_stops_cleanly_and_elsewhere_interrupts():
+    """SLURM preempts (and scancel stops) with SIGTERM: in a step it is a stop request the ranks
+    agree on; on a workstation it is Ctrl-C's cousin and interrupts at once."""
+    import os
+    import signal
+
+    from slurm import preemption
+    previous = {s: signal.getsignal(s) for s in (preemption.SIGNAL, signal.SIGTERM, signal.SIGINT)}
+    try:
+        preemption.reset()
+        preemption.install(in_slurm_step=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        name, since = preemption.stopped_by()
+        assert preemption.requested() and name == "SIGTERM" and 0 <= since < 5
+        preemption.reset()
+        preemption.install(in_slurm_step=False)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert preemption.terminating() and not preemption.requested()
+    finally:
+        preemption.reset()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_requeue_cap_comes_from_the_profile_through_the_script():
+    from slurm import preemption
+    assert preemption.requeue_cap({}) == preemption.DEFAULT_MAX_REQUEUES
+    assert preemption.requeue_cap({preemption.MAX_REQUEUES_ENV: "2"}) == 2

@@ -4,13 +4,17 @@ slurm/dev/two_nodes.sh runs two slurmd, each in its own network and UTS
 namespace (hosts lhn1 and lhn2, eth0 on a bridge), beside a controller on the
 bridge.  The job is submitted with `harness submit`, its two ranks join over
 MPI (srun --mpi=pmix) through the veth pair, and log to an mlflow server on
-the bridge address, since a SQLite file is refused for a 2-node job.
+the head node, since a SQLite file is refused for a 2-node job.  The nodes
+reach the server by the head node's host name, as on a real cluster (their
+/etc/hosts maps it to the bridge address), which MLflow's host check refuses
+unless `harness tracking serve` allowed it.
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -23,7 +27,6 @@ from slurm_dev import DevSlurm
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc, pytest.mark.slow]
 TWO_NODES = REPO / "slurm" / "dev" / "two_nodes.sh"
 STATE = Path(os.environ.get("HARNESS_SLURM_2N", "/tmp/lars-slurm-2n"))
-BRIDGE_IP = "10.77.0.1"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,9 @@ def two_nodes(tmp_path_factory):
             pytest.fail(f"the two-node SLURM is required in CI: {reason}")
         pytest.skip(reason)
     from mlflow_server import MlflowServer
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow2n"), host=BRIDGE_IP).start()
+    # On every interface, reached by name: the host's own (127.0.0.1 here, 10.77.0.1 in the nodes).
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow2n"), host="0.0.0.0",
+                          name=socket.gethostname()).start()
     cluster = DevSlurm(STATE)
     cluster.env = {"SLURM_CONF": str(STATE / "slurm.conf"), "HARNESS_CLUSTER": str(STATE / "cluster.yaml")}
     yield cluster, server
@@ -68,10 +73,14 @@ def test_two_node_job_trains_across_the_network(two_nodes, workdir, pima_csv):
     assert info["JobState"] == "COMPLETED", log
     assert info["NodeList"] == "lhn[1-2]" and "weights identical on all 2 ranks" in log
 
+    # Both nodes resolved the head by name (rank 0 created the run; lhn2's telemetry joined it).
+    assert server.url == f"http://{socket.gethostname()}:{server.port}"
     client = MlflowClient(server.url)
     run = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id])[0]
     assert run.info.status == "FINISHED"
     assert sorted(run.data.params["hosts"].split(",")) == ["lhn1", "lhn2"]  # two UTS namespaces
+    # lhn2 is not rank 0: its node's sampler reached the server by name on its own.
+    assert "system/lhn2/cpu_utilization_percentage" in run.data.metrics
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
     # The gradients crossed the bridge: both veth ends carried the allreduce traffic.
     moved = {n: _bytes_through(n) - before[n] for n in before}

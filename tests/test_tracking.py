@@ -192,3 +192,49 @@ def test_only_the_senders_calls_are_quick_and_mlflow_keeps_its_retries(tmp_path)
     with pytest.raises(Exception):
         send_batch(MlflowClient("http://127.0.0.1:9"), "0" * 32, [Metric("loss", 1.0, 0, 0)])
     assert time.monotonic() - began < 10  # MLflow's own retries take minutes here
+
+
+def _serve(tmp_path, *flags):
+    import os
+    from tracking.server import free_port
+    port = free_port()
+    env = {**os.environ, "HARNESS_TRACKING_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "tracking", "serve", "--port",
+                             str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    return proc, port
+
+
+def _status_with_host(port: int, host_header: str) -> int:
+    """What the server answers a request that names it ``host_header`` (sent over loopback)."""
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1",
+        headers={"Host": host_header})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_serve_beyond_loopback_answers_its_names_and_still_refuses_others(tmp_path):
+    import os
+    import signal
+    import socket
+    from tracking.server import wait_ready
+    proc, port = _serve(tmp_path, "--host", "0.0.0.0", "--allow-host", "tunnel.example")
+    name = socket.gethostname()
+    try:
+        first_lines = [proc.stdout.readline() for _ in range(2)]
+        # A URI other nodes can use: the host's name, never localhost.
+        assert f"export MLFLOW_TRACKING_URI=http://{name}:{port}" in first_lines[1], first_lines
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        assert _status_with_host(port, f"{name}:{port}") == 200  # MLflow alone answers 403 here
+        assert _status_with_host(port, f"tunnel.example:{port}") == 200  # --allow-host
+        assert _status_with_host(port, f"rebind.attacker.example:{port}") == 403  # still on
+        MlflowClient(f"http://{name}:{port}").search_experiments()  # as a compute node does
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -4,6 +4,13 @@ Binds 127.0.0.1 unless told otherwise (an open tracking server is an open
 door), keeps artifacts in a known directory served through the server (so
 compute nodes need no shared artifact path), and with ``--auth`` runs
 MLflow's basic-auth app with a generated Flask secret key.
+
+MLflow 3.17's server refuses (HTTP 403) a request whose Host header is not
+localhost or a private address, against DNS rebinding.  Compute nodes reach
+the head node by its name, so the server is started with ``--allowed-hosts``
+listing MLflow's defaults plus every name and address of this machine (and
+``--allow-host`` aliases), and the CORS origins the UI needs on them.  The
+protection stays on: any other Host header is still refused.
 """
 from __future__ import annotations
 
@@ -23,10 +30,54 @@ from harness.errors import UserError
 DEFAULT_HOME = Path(os.environ.get("HARNESS_TRACKING_HOME", "~/.lars-harness/tracking")).expanduser()
 
 
-def server_command(backend: str, host: str, port: int, artifacts: Path, auth: bool) -> list[str]:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# MLflow's own default allow-list (mlflow.server.security_utils): loopback on any port and the
+# private address ranges.  Passing --allowed-hosts replaces it, so it is repeated here.
+MLFLOW_DEFAULT_HOSTS = ["localhost", "127.0.0.1", "[::1]", "localhost:*", "127.0.0.1:*",
+                        "[[]::1]:*", "10.*", "192.168.*", *[f"172.{i}.*" for i in range(16, 32)],
+                        "fc00:*", "fd00:*"]
+
+
+def machine_names() -> list[str]:
+    """The names and addresses other machines may use for this one."""
+    names = {socket.gethostname(), socket.gethostname().split(".")[0], socket.getfqdn()}
+    try:
+        import psutil
+        for addresses in psutil.net_if_addrs().values():
+            names.update(a.address.split("%")[0] for a in addresses
+                         if a.family in (socket.AF_INET, socket.AF_INET6))
+    except Exception:  # psutil missing or an unusual interface: the names still work
+        pass
+    return sorted(n for n in names if n)
+
+
+def _as_host(name: str) -> str:
+    return f"[{name}]" if ":" in name else name  # an IPv6 address in a Host header
+
+
+def allowed_hosts(names: list[str], port: int, aliases: list[str] = ()) -> list[str]:
+    """MLflow's defaults, then each name with and without the port."""
+    hosts = list(MLFLOW_DEFAULT_HOSTS)
+    for name in [*names, *aliases]:
+        host = _as_host(name)
+        hosts += [host.replace("[", "[[]", 1), f"{host.replace('[', '[[]', 1)}:{port}"]
+    return list(dict.fromkeys(hosts))
+
+
+def cors_origins(names: list[str], port: int, aliases: list[str] = ()) -> list[str]:
+    """The UI's origins when a browser opens it by one of the names."""
+    return [f"{scheme}://{_as_host(n)}:{port}" for n in [*names, *aliases]
+            for scheme in ("http", "https")]
+
+
+def server_command(backend: str, host: str, port: int, artifacts: Path, auth: bool,
+                   aliases: list[str] = ()) -> list[str]:
     mlflow = str(Path(sys.executable).with_name("mlflow"))
+    names = machine_names()
     cmd = [mlflow, "server", "--backend-store-uri", backend, "--host", host, "--port", str(port),
-           "--serve-artifacts", "--artifacts-destination", str(artifacts), "--workers", "1"]
+           "--serve-artifacts", "--artifacts-destination", str(artifacts), "--workers", "1",
+           "--allowed-hosts", ",".join(allowed_hosts(names, port, aliases)),
+           "--cors-allowed-origins", ",".join(cors_origins(names, port, aliases))]
     return cmd + (["--app-name", "basic-auth"] if auth else [])
 
 
@@ -52,7 +103,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
 
 
 def start(backend: str, host: str, port: int, artifacts: Path, auth: bool = False,
-          log: Optional[Path] = None, own_session: bool = True) -> subprocess.Popen:
+          log: Optional[Path] = None, own_session: bool = True,
+          aliases: list[str] = ()) -> subprocess.Popen:
     """Start the server; ``own_session`` False keeps it in the caller's process group
     (so Ctrl-C or a kill of the group stops it with ``harness tracking serve``)."""
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -60,12 +112,13 @@ def start(backend: str, host: str, port: int, artifacts: Path, auth: bool = Fals
     if auth:
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
     out = open(log, "ab") if log else None
-    return subprocess.Popen(server_command(backend, host, port, artifacts, auth), env=env,
+    return subprocess.Popen(server_command(backend, host, port, artifacts, auth, aliases), env=env,
                             stdout=out, stderr=subprocess.STDOUT if out else None,
                             start_new_session=own_session)
 
 
-def serve(backend: Optional[str], host: str, port: int, artifacts: Optional[str], auth: bool) -> int:
+def serve(backend: Optional[str], host: str, port: int, artifacts: Optional[str], auth: bool,
+          aliases: list[str] = ()) -> int:
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: use 1..65535")
     if backend and not backend.startswith(("sqlite:///", "postgresql://", "postgresql+", "mysql")):
@@ -73,10 +126,16 @@ def serve(backend: Optional[str], host: str, port: int, artifacts: Optional[str]
     DEFAULT_HOME.mkdir(parents=True, exist_ok=True)
     backend = backend or f"sqlite:///{DEFAULT_HOME / 'mlflow.db'}"
     artifact_dir = Path(artifacts).expanduser() if artifacts else DEFAULT_HOME / "artifacts"
-    shown = socket.getfqdn() if host == "0.0.0.0" else host
+    for alias in aliases:
+        if not alias or any(c in alias for c in ",/ @"):
+            raise UserError(f"--allow-host {alias!r}: give a host name or address, e.g. "
+                            "--allow-host headnode.lab.example")
+    # Beyond loopback, other nodes need a name that reaches this machine, not "localhost".
+    shown = host if host in LOOPBACK else socket.gethostname() if host in ("0.0.0.0", "::") else host
     print(f"tracking server: backend {backend}, artifacts {artifact_dir}")
-    print(f"point jobs at it with: export MLFLOW_TRACKING_URI=http://{shown}:{port}", flush=True)
-    proc = start(backend, host, port, artifact_dir, auth, own_session=False)
+    print(f"point jobs at it with: export MLFLOW_TRACKING_URI=http://{_as_host(shown)}:{port}",
+          flush=True)
+    proc = start(backend, host, port, artifact_dir, auth, own_session=False, aliases=list(aliases))
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # stop the server with us
     try:
         return proc.wait()

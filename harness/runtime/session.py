@@ -16,6 +16,7 @@ from harness.runtime import collectives
 from harness.runtime import trainer
 from harness.runtime.distributed import init_process
 from harness.runtime.lr import scaled_rate
+from harness.errors import RunFailed
 from harness.spec import freeze
 from harness.spec.schema import JobSpec
 from harness.telemetry import nvml
@@ -31,6 +32,7 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
     tracker = open_tracker(spec, ctx, state, derived_params(spec, ctx))
     record_job_file(spec, ctx, tracker)
+    check_requeue_cap(ctx, tracker)
     run_id = hvd.broadcast_object(tracker.run_id, root_rank=0)  # every node writes into this run
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
@@ -74,6 +76,9 @@ def derived_params(spec: JobSpec, ctx) -> dict:
     """Parameters only the runtime knows: the scaled rate, the GPUs and their driver."""
     t = spec.training
     return {"lr.scaled": scaled_rate(t.learning_rate, t.lr_scaling, ctx.size),
+            # The CPUs rank 0 may really run on (srun's binding), next to the threads it was given.
+            "cpus.per_process": len(os.sched_getaffinity(0)),
+            "cpus.omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
             "gpu_models": ",".join(nvml.gpu_names()) or "none",
             **{f"version.{k}": v for k, v in nvml.driver_versions().items()}}
 
@@ -85,17 +90,37 @@ def measure_communication(spec: JobSpec, outcome, tracker) -> None:
 
 
 def preempted(stop: preemption.Preempted, ctx, tracker) -> int:
-    """The run waits, KILLED for now, for the requeued job to resume it."""
+    """The run waits, KILLED for now, for the requeued job to resume it.
+
+    After the warning (USR2, minutes ahead) the job requeues itself; after SIGTERM (preemption or
+    scancel, SIGKILL follows within the grace time) SLURM decides, and the metric flush is short.
+    """
+    name, since = preemption.stopped_by()
+    by_warning = name == preemption.SIGNAL.name
     where = f"checkpoint at epoch {stop.checkpoint_epoch}"
+    then = (f"exiting {preemption.EXIT_REQUEUE} so the job requeues" if by_warning else
+            "SLURM requeues a preempted job; after scancel, submit --resume continues it")
     if ctx.is_chief:
-        print(f"preemption signal: stopped during epoch {stop.epoch + 1} on every rank; {where}; "
-              f"exiting {preemption.EXIT_REQUEUE} so the job requeues", flush=True)
+        print(f"{name}: stopped during epoch {stop.epoch + 1} on every rank, {since:.1f} s after "
+              f"the signal; {where}; {then}", flush=True)
     # One value per attempt: the run's history shows every preemption, requeue count = step.
-    tracker.log_metrics({"slurm/preempted_in_epoch": stop.epoch + 1}, step=ctx.slurm.restart_count)
-    # The lead time (minutes) leaves room to send every queued metric before exiting.
-    tracker.finish("KILLED", f"preempted during epoch {stop.epoch + 1}; {where}; requeued",
-                   flush_s=30.0)
-    return preemption.EXIT_REQUEUE
+    tracker.log_metrics({"slurm/preempted_in_epoch": stop.epoch + 1,
+                         "slurm/stop_after_signal_s": since}, step=ctx.slurm.restart_count)
+    tracker.finish("KILLED", f"{name} during epoch {stop.epoch + 1}; {where}; resumable",
+                   flush_s=30.0 if by_warning else 3.0)
+    return preemption.EXIT_REQUEUE if by_warning else preemption.EXIT_TERMINATED
+
+
+def check_requeue_cap(ctx, tracker) -> None:
+    """A job that dies on every attempt must not requeue forever: past the cap, it fails."""
+    cap = preemption.requeue_cap()
+    if ctx.slurm.restart_count <= cap:
+        return
+    reason = (f"requeued {ctx.slurm.restart_count} times, more than the partition's "
+              f"max_requeues={cap}; the checkpoint is kept: fix the cause, then "
+              "harness submit --resume")
+    tracker.finish("FAILED", reason)
+    raise RunFailed(reason)
 
 
 def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from slurm import preemption
+from slurm.environment import SlurmEnvironment
 from harness.errors import exit_code_of
 from harness.spec.jobs import resolve_job
 from harness.spec.loader import load_spec
@@ -24,7 +25,8 @@ def _parse(argv):
 
 
 def main(argv=None) -> int:
-    preemption.install()  # first: SLURM's warning may come while TensorFlow still imports
+    # First: SLURM's warning (or its SIGTERM) may come while TensorFlow still imports.
+    preemption.install(in_slurm_step=SlurmEnvironment.from_env().in_step)
     args = _parse(argv)
     spec = load_spec(args.spec, args.overrides)
     job = resolve_job(spec.job, Path(spec.spec_path).parent)

@@ -86,7 +86,7 @@ def submit_size(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict
 
 def wait_for_jobs(jobs: dict[int, str], poll_s: float = 10.0) -> None:
     """Until every job has left the queue; then each must have COMPLETED."""
-    from slurm.status import finished_state, queued_jobs
+    from slurm.status import finished_states, queued_jobs
     last = {}
     while True:
         queued = queued_jobs()
@@ -98,8 +98,9 @@ def wait_for_jobs(jobs: dict[int, str], poll_s: float = 10.0) -> None:
         if not any(states.values()):
             break
         time.sleep(poll_s)
+    states = finished_states(list(jobs.values()))
     for n, job in jobs.items():
-        state = finished_state(job)
+        state = states[job]
         if state != "COMPLETED":
             raise RunFailed(f"job {job} (N={n}) ended {state}; see runs/*/slurm/*-{job}.out")
 

@@ -17,6 +17,7 @@ if [[ ${1:-} == --env ]]; then
     exit 0
 fi
 PREREQS_ONLY=${1:-}  # --prereqs: packages and munge only (two_nodes.sh uses that)
+GRACE_S=30  # the debug partition's GraceTime: SIGTERM to SIGKILL when a job is preempted
 say() { echo "slurm-dev: $*"; }
 die() { echo "slurm-dev: error: $*" >&2; exit 1; }
 
@@ -84,8 +85,13 @@ ReturnToService=2
 MinJobAge=900
 KillWait=15
 SchedulerParameters=sched_interval=2
+# Real preemption as a site configures it: a job in "urgent" (higher tier) takes the node from a
+# job in "debug", which gets SIGTERM, GRACE_S seconds, then SIGKILL, and is requeued by SLURM.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=1-00:00:00 State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=1-00:00:00 State=UP PriorityTier=1 GraceTime=$GRACE_S
+PartitionName=urgent Nodes=$host MaxTime=1-00:00:00 State=UP PriorityTier=2 PreemptMode=OFF
 CONF
     # The cluster profile that matches: no GPUs here, so gpus_per_node counts processes (cores).
     cat >"$STATE/cluster.yaml" <<PROFILE
