@@ -105,7 +105,12 @@ def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv):
     output = "".join(lines) + rest
     assert proc.returncode not in (0, None)
     assert elapsed < 60, f"took {elapsed:.0f} s to notice"
-    assert "run failed: rank 1 failed first (killed by signal 9)" in output
+    first = f"rank 1 on {socket.gethostname()} failed first (killed by signal 9)"
+    assert f"run failed: {first}" in output
+    # The run records that first failure, not rank 0's later error about a lost peer.
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("diabetes_mlp").experiment_id])[0]
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"].startswith(first)
 
 
 def test_early_stopping_restores_best_weights_and_logs_the_model(workdir, pima_csv):

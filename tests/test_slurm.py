@@ -277,3 +277,20 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     signal_to_stop = client.get_metric_history(run.info.run_id, "slurm/stop_after_signal_s")
     assert [m.step for m in signal_to_stop] == [0]
     print(f"signal-to-stop {seconds:.1f} s (GraceTime 30 s)")  # the figure the README quotes
+
+
+def test_each_rank_gets_the_cpus_the_script_asked_for(slurm, workdir, pima_csv, tmp_path):
+    """srun no longer inherits --cpus-per-task from the allocation (SLURM >= 22.05); with tasks
+    bound to CPUs (the dev cluster's task/affinity) a rank sees what srun gave it."""
+    cpus = os.cpu_count()
+    profile = re.sub(r"gpus_per_node: \d+", "gpus_per_node: 1",
+                     Path(slurm.env["HARNESS_CLUSTER"]).read_text())  # one rank, all the cores
+    (tmp_path / "one-rank.yaml").write_text(profile)
+    done = _submit(slurm, workdir, pima_csv, "", "slurm-cpus", "--gpus-per-node", "1",
+                   "--set", "training.epochs=1", "--cluster", str(tmp_path / "one-rank.yaml"))
+    job_id = _job_id(done)
+    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
+    assert info["JobState"] == "COMPLETED", _log(workdir, job_id) + _log(workdir, job_id, "err")
+    _, run = _only_run(f"sqlite:///{workdir / 'mlflow.db'}", "slurm-cpus")
+    assert run.data.params["cpus.omp_num_threads"] == str(cpus)
+    assert run.data.params["cpus.per_process"] == str(cpus)  # 1 without srun --cpus-per-task

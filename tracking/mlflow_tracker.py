@@ -73,24 +73,46 @@ def ping(client: MlflowClient) -> None:
 class MetricSender(threading.Thread):
     """Drains a queue of Metric objects into MLflow in batches; keeps them while it cannot."""
 
-    def __init__(self, client: MlflowClient, run_id: str, fallback: Path):
+    def __init__(self, client: MlflowClient, run_id: str, fallback: Path, uri: str = "",
+                 say=print):
         super().__init__(name="mlflow-sender", daemon=True)
         self.client, self.run_id, self.fallback = client, run_id, fallback
+        self.uri, self.say = uri, say
         self.queue: "queue.Queue[Metric]" = queue.Queue()
         self.pending: list[Metric] = []
         self.stopping = threading.Event()
         self.failures = 0
         self.last_error = ""
+        self.down_since: Optional[float] = None  # monotonic time of the first failed send
 
     def run(self) -> None:
         backoff = FLUSH_EVERY_S
         while not self.stopping.is_set():
             self._drain()
+            waiting = len(self.pending)
             if self._send():
                 backoff = FLUSH_EVERY_S
+                self._note_up(waiting)
             else:
                 backoff = min(backoff * 2, 30.0)
+                self._note_down()
             self.stopping.wait(backoff)
+
+    def _note_down(self) -> None:
+        """Say once that the server went away; training goes on and the metrics wait."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.say(f"tracking: {self.uri or 'the tracking server'} unreachable "
+                     f"({self.last_error}); training goes on, {len(self.pending)} metric values "
+                     "wait and are sent when it answers", flush=True)
+
+    def _note_up(self, delivered: int) -> None:
+        """Say once that it is back and everything that waited was delivered."""
+        if self.down_since is not None:
+            self.say(f"tracking: {self.uri or 'the tracking server'} reachable again after "
+                     f"{time.monotonic() - self.down_since:.0f} s; {delivered} waiting metric "
+                     "values delivered", flush=True)
+            self.down_since = None
 
     def _drain(self) -> None:
         while True:
@@ -164,7 +186,7 @@ class MlflowTracker:
                  already_logged: Optional[dict] = None):
         self.client, self.run_id, self.uri = client, run_id, uri
         self.already_logged = already_logged or {}
-        self.sender = MetricSender(client, run_id, fallback)
+        self.sender = MetricSender(client, run_id, fallback, uri)
         self.sender.start()
         self.location = f"MLflow run {run_id} at {uri}"
         self.finished = False

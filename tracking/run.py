@@ -96,6 +96,25 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> obj
     return tracker
 
 
+def mark_failed(run_id: str, uri: str, reason: str) -> None:
+    """The launcher's word on a failed job: the first failure, which rank, where, how.
+
+    Rank 0's own reason (often a collective that lost its peer) moves to ``failure_reason.rank0``.
+    """
+    from tracking.mlflow_tracker import MlflowClient
+    try:
+        client = MlflowClient(uri)
+        run = client.get_run(run_id)
+        if "failure_reason" in run.data.tags:
+            client.set_tag(run_id, "failure_reason.rank0", run.data.tags["failure_reason"])
+        client.set_tag(run_id, "failure_reason", reason)
+        if run.info.status == "RUNNING":  # rank 0 itself was killed
+            client.set_terminated(run_id, "FAILED")
+    except Exception as e:  # the run's record only: the failure itself is already reported
+        print(f"tracking: could not record the failure in run {run_id} ({type(e).__name__})",
+              file=sys.stderr, flush=True)
+
+
 def _forget_failure(client, run_id: str) -> None:
     """A resumed run is running again: the last attempt's reason no longer applies."""
     if "failure_reason" in client.get_run(run_id).data.tags:

@@ -7,15 +7,19 @@ horovodrun's failure report into one line naming the rank that failed.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+RUN_RECORD_ENV = "HARNESS_RUN_RECORD"  # where rank 0 notes its MLflow run for the launcher
 _PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")  # gloo [1], mpirun [1,0]
 _FIRST_FAILED = re.compile(r"^Process name: \S*?(\d+)\]?\s*$")
 _FAILED_CODE = re.compile(r"^Exit code: (-?\d+)")
@@ -60,7 +64,9 @@ class FailureReport:
         # horovodrun starts each rank through `sh -c`, which reports death by signal N as 128+N.
         signum = -code if code < 0 else code - 128 if code > 128 else None
         how = f"killed by signal {signum}" if signum else f"exit code {code}"
-        return f"rank {self.rank} failed first ({how}); the other ranks were stopped"
+        # Local processes: every rank runs on this host.
+        return (f"rank {self.rank} on {socket.gethostname()} failed first ({how}); "
+                "the other ranks were stopped")
 
 
 def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
@@ -78,11 +84,16 @@ def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
 def run_processes(processes: int, worker: list[str], controller: str = "gloo",
                   extra_env: Optional[dict] = None) -> int:
     """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted)."""
-    cmd = launch_command(processes, worker, controller)
+    with tempfile.TemporaryDirectory(prefix="harness-run-") as scratch:
+        record = Path(scratch) / "run.json"  # rank 0 says here which MLflow run it writes
+        env = dict(worker_env(), **(extra_env or {}), **{RUN_RECORD_ENV: str(record)})
+        return _watch(launch_command(processes, worker, controller), env, record)
+
+
+def _watch(cmd: list[str], env: dict, record: Path) -> int:
     report = FailureReport()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(worker_env(), **(extra_env or {})), start_new_session=True,
-                            bufsize=1)
+                            env=env, start_new_session=True, bufsize=1)
     try:
         for line in proc.stdout:
             relay(line.rstrip("\n"), report)
@@ -97,6 +108,18 @@ def run_processes(processes: int, worker: list[str], controller: str = "gloo",
         print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
         return 130
     if returncode != 0:
-        print(f"run failed: {report.describe(returncode)}", file=sys.stderr, flush=True)
+        reason = report.describe(returncode)
+        print(f"run failed: {reason}", file=sys.stderr, flush=True)
+        record_first_failure(record, reason)
         return 1
     return 0
+
+
+def record_first_failure(record: Path, reason: str) -> None:
+    """The run says which rank failed first, where and how (not rank 0's later error)."""
+    try:
+        run = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return  # rank 0 never opened a run (failed early, or tracking is off)
+    from tracking.run import mark_failed
+    mark_failed(run["run_id"], run["uri"], reason)

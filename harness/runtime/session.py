@@ -1,26 +1,25 @@
 """One training process from start to end: init, tracking, training, summary, run status."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 
 import horovod.tensorflow as hvd
 
-from harness.runtime import checkpoint
-from harness.runtime import node_telemetry
-from harness.runtime import overfitting
-from slurm import preemption
-from harness.runtime import collectives
-from harness.runtime import trainer
+from harness.errors import RunFailed
+from harness.files import atomic_write_text
+from harness.runtime import checkpoint, collectives, launcher, node_telemetry, overfitting, trainer
 from harness.runtime.distributed import init_process
 from harness.runtime.lr import scaled_rate
-from harness.errors import RunFailed
 from harness.spec import freeze
 from harness.spec.schema import JobSpec
 from harness.telemetry import nvml
-from tracking import open_tracker
+from slurm import preemption
+from tracking import open_tracker, tracking_uri
 
 
 def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
@@ -32,6 +31,7 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
     tracker = open_tracker(spec, ctx, state, derived_params(spec, ctx))
     record_job_file(spec, ctx, tracker)
+    tell_launcher(ctx, tracker)
     check_requeue_cap(ctx, tracker)
     run_id = hvd.broadcast_object(tracker.run_id, root_rank=0)  # every node writes into this run
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
@@ -62,6 +62,13 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     finally:
         if sampler is not None:
             sampler.stop()
+
+
+def tell_launcher(ctx, tracker) -> None:
+    """`harness run` marks the run with the first failure it sees: it needs the run's id."""
+    path = os.environ.get(launcher.RUN_RECORD_ENV)
+    if path and ctx.is_chief and tracker.run_id:
+        atomic_write_text(Path(path), json.dumps({"run_id": tracker.run_id, "uri": tracking_uri()}))
 
 
 def record_job_file(spec: JobSpec, ctx, tracker) -> None:
