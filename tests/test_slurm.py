@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -244,11 +245,21 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     """As SLURM preempts: a job in a higher-tier partition takes the node; the harness job gets
     SIGTERM (not the warning), has GraceTime to leave its last epoch on disk, SLURM requeues it,
     and it resumes into the same run."""
-    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-real-preempt",
+    # A copy of the job the user goes on editing while the job runs: the requeued job must still
+    # run what was submitted, and say that the original changed.
+    mine = workdir / "mine"
+    mine.mkdir()
+    for name in ("diabetes_mlp.py", "diabetes_mlp.yaml"):
+        shutil.copy(DIABETES.parent / name, mine / name)
+    done = run_cli("submit", mine / "diabetes_mlp.yaml", "--partition", "debug", "--gpus-per-node",
+                   "2", "--set", f"data.csv={pima_csv}", "--set", "tracking.experiment=slurm-real-preempt",
                    "--set", "training.epochs=8", "--set", "training.batch_size=2",
-                   "--set", "checkpoint.every_epochs=100")  # only the stop itself checkpoints
+                   "--set", "checkpoint.every_epochs=100",  # only the stop itself checkpoints
+                   cwd=workdir, env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url))
     job_id = _job_id(done)
     _wait_for_line(workdir, job_id, r"epoch +3/8")
+    (mine / "diabetes_mlp.yaml").write_text("name: broken\n")
+    (mine / "diabetes_mlp.py").write_text("raise SystemExit('edited after submission')\n")
     urgent = slurm.cmd("sbatch", "--parsable", "--partition=urgent", f"--ntasks={os.cpu_count()}",
                        "--mem=100M", "--output=/dev/null", "--wrap", "sleep 3").strip()
     assert urgent.isdigit(), urgent
@@ -269,9 +280,11 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     interrupted, seconds, saved = int(stopped.group(1)), float(stopped.group(2)), int(stopped.group(3))
     assert saved == interrupted - 1 >= 3 and seconds < 30  # within GraceTime, no finished epoch lost
     assert f"resuming at epoch {saved + 1}" in log
+    assert f"note: {mine / 'diabetes_mlp.py'} changed" in log  # said, and the submitted copy ran
 
     client, run = _only_run(mlflow_server.url, "slurm-real-preempt")
     assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    assert run.data.tags["harness.job_changed_since_submit"] == "true"
     for key in ("loss", "val_loss", "generalization_gap"):
         assert _steps(client, run.info.run_id, key) == list(range(8)), key  # each epoch once
     signal_to_stop = client.get_metric_history(run.info.run_id, "slurm/stop_after_signal_s")
