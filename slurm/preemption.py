@@ -48,7 +48,10 @@ status=""
 while [[ -z $status ]]; do  # a trapped signal interrupts wait: wait until the step ends
     if wait "$step"; then status=0; else rc=$?; kill -0 "$step" 2>/dev/null || status=$rc; fi
 done
-if [[ $status == {EXIT_REQUEUE} ]]; then
+# Requeue after the warning, or after SIGTERM when SLURM preempted the job (PreemptTime is set;
+# a job that ends within its GraceTime is otherwise just FAILED); never after scancel.
+preempted() {{ scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'PreemptTime=[0-9]'; }}
+if [[ $status == {EXIT_REQUEUE} ]] || {{ [[ $status == {EXIT_TERMINATED} ]] && preempted; }}; then
     echo "harness: preempted; checkpoint written; requeueing job $SLURM_JOB_ID" >&2
     scontrol requeue "$SLURM_JOB_ID" && exit 0
 fi

@@ -107,7 +107,8 @@ def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir,
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", \
         log + "\n--- stderr\n" + _log(workdir, job_id, "err")[-3000:]
 
-    stopped = re.search(r"stopped during epoch (\d+) on every rank; checkpoint at epoch (\d+)", log)
+    stopped = re.search(r"SIGUSR2: stopped during epoch (\d+) on every rank, [\d.]+ s after the "
+                        r"signal; checkpoint at epoch (\d+)", log)
     assert stopped, log
     interrupted, saved = int(stopped.group(1)), int(stopped.group(2))
     assert saved >= 4 and interrupted == saved + 1  # no finished epoch lost

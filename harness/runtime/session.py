@@ -106,7 +106,7 @@ def preempted(stop: preemption.Preempted, ctx, tracker) -> int:
     by_warning = name == preemption.SIGNAL.name
     where = f"checkpoint at epoch {stop.checkpoint_epoch}"
     then = (f"exiting {preemption.EXIT_REQUEUE} so the job requeues" if by_warning else
-            "SLURM requeues a preempted job; after scancel, submit --resume continues it")
+            "a preempted job requeues; after scancel, harness submit --resume continues it")
     if ctx.is_chief:
         print(f"{name}: stopped during epoch {stop.epoch + 1} on every rank, {since:.1f} s after "
               f"the signal; {where}; {then}", flush=True)
