@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from harness.runtime import checkpoint
@@ -96,3 +97,20 @@ def test_existing_checkpoint_needs_resume(tmp_path):
     assert checkpoint.plan_resume(tmp_path, resume=True).epoch == 2
     assert checkpoint.plan_resume(tmp_path / "empty", resume=True) is None
     assert json.loads((tmp_path / "latest.json").read_text())["checkpoint"] == "epoch-00002"
+
+
+def test_the_best_weights_travel_with_the_checkpoint(tmp_path):
+    """Early stopping after a resume restores the same best weights as without the interruption."""
+    model = _model()
+    best = [w * 0 + i for i, w in enumerate(model.get_weights())]  # recognisable arrays
+    state = _state(model, 5)
+    state.best_weights = best
+    checkpoint.save(tmp_path, model, model.optimizer, state)
+    fresh = _model()
+    restored = checkpoint.restore(tmp_path, fresh, fresh.optimizer)
+    assert len(restored.best_weights) == len(best)
+    for a, b in zip(restored.best_weights, best):
+        np.testing.assert_array_equal(a, b)
+    checkpoint.save(tmp_path, model, model.optimizer, _state(model, 6))  # none kept yet: none back
+    again = _model()
+    assert checkpoint.restore(tmp_path, again, again.optimizer).best_weights is None

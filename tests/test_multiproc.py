@@ -113,17 +113,42 @@ def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv):
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"].startswith(first)
 
 
-def test_early_stopping_restores_best_weights_and_logs_the_model(workdir, pima_csv):
-    out = _ok(run_cli("run", JOBS / "diabetes_mlp.yaml", "--np", 2, "--set", f"data.csv={pima_csv}",
-                      "--set", "training.epochs=400", "--set", "training.learning_rate=0.05",
-                      "--set", "training.early_stopping=true", "--set", "training.patience=2",
-                      "--set", "tracking.log_model=true", "--set", "checkpoint.every_epochs=50",
-                      cwd=workdir))
-    assert "early stopping at epoch" in out and "best weights restored" in out
+def test_diabetes_at_its_default_epochs_is_judged_overfitting(workdir):
+    """The lecture's example 1 as written: val_loss bottoms out, then rises while loss falls."""
+    out = _ok(run_cli("run", JOBS / "diabetes_mlp.yaml", "--np", 2, cwd=workdir))
+    said = re.search(r"verdict: overfitting since epoch (\d+): val_loss ([\d.]+)% above its best "
+                     r"\(GL [\d.]+\) while loss fell (\d+)%; best epoch (\d+)", out)
+    assert said, out[-2000:]
+    onset, gl, best = int(said.group(1)), float(said.group(2)), int(said.group(4))
+    assert onset == best + 1 and gl > 2 and best < 150
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("diabetes_mlp").experiment_id])[0]
-    assert run.data.tags["overfitting"].startswith("overfitting detected at epoch")
-    assert int(run.data.metrics["best_epoch"]) < len(client.get_metric_history(run.info.run_id, "loss"))
+    metrics = run.data.metrics
+    assert run.data.tags["overfitting.kind"] == "overfitting"
+    assert metrics["best_epoch"] == best and metrics["overfitting/onset_epoch"] == onset
+    assert metrics["overfitting/gl_percent"] == pytest.approx(gl, abs=0.05)
+    report = run_cli("report", run.info.run_id, cwd=workdir)
+    assert report.returncode == 0, report.stderr
+    rows = {int(line.split()[0]): line for line in report.stdout.splitlines()
+            if line.strip() and line.split()[0].isdigit()}
+    assert sorted(rows) == list(range(1, 151))  # epochs from 1, as the epoch lines count
+    assert rows[best].endswith("<- best") and rows[onset].endswith("overfitting")
+    assert not rows[best - 1].endswith(("best", "overfitting"))
+
+
+def test_early_stopping_stops_patience_after_the_best_and_restores_it(workdir):
+    out = _ok(run_cli("run", JOBS / "diabetes_mlp.yaml", "--np", 2,
+                      "--set", "training.early_stopping=true", "--set", "tracking.log_model=true",
+                      cwd=workdir))
+    said = re.search(r"early stopping at epoch (\d+) \(patience (\d+)\): best weights of epoch "
+                     r"(\d+) restored, val_loss ([\d.]+) \(best ([\d.]+)\)", out)
+    assert said, out[-2000:]
+    stopped, patience, best = (int(said.group(i)) for i in (1, 2, 3))
+    assert best < stopped <= best + patience + 1
+    assert float(said.group(4)) == pytest.approx(float(said.group(5)), abs=2e-6)  # the best, measured
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("diabetes_mlp").experiment_id])[0]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == stopped
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
 
 

@@ -14,13 +14,24 @@ from harness.scaling import comm_model
 from harness.scaling import stats as scaling
 
 
-def test_mean_and_95_percent_interval_match_hand_computed_values():
-    # mean 100, sample sd 10 (values 90, 100, 110), t(0.975, 2) = 4.303 -> 4.303 * 10 / sqrt(3)
-    ci = scaling.mean_ci([90.0, 100.0, 110.0])
-    assert ci.mean == pytest.approx(100.0)
-    assert ci.half_width == pytest.approx(4.303 * 10 / math.sqrt(3))
-    assert ci.low < 100 < ci.high and ci.windows == 3
-    assert math.isnan(scaling.mean_ci([5.0]).half_width)
+def test_interval_is_a_t_interval_on_the_log_of_the_rate():
+    # logs of 50, 100, 200: mean log(100), sample sd log(2); t(0.975, 2) = 4.303
+    ci = scaling.mean_ci([50.0, 100.0, 200.0])
+    assert ci.mean == pytest.approx(100.0)  # the geometric mean
+    factor = math.exp(4.303 * math.log(2) / math.sqrt(3))
+    assert ci.high == pytest.approx(100.0 * factor) and ci.low == pytest.approx(100.0 / factor)
+    assert ci.windows == 3 and ci.meaningful
+    assert math.isnan(scaling.mean_ci([5.0]).low) and not scaling.mean_ci([5.0, 6.0]).meaningful
+
+
+def test_a_throughput_interval_never_reaches_zero():
+    """The windows that gave "-413 .. 5566" samples/s with a plain t interval."""
+    windows = [2400.0, 3300.0, 1100.0]
+    mean = sum(windows) / 3
+    sd = math.sqrt(sum((w - mean) ** 2 for w in windows) / 2)
+    assert mean - 4.303 * sd / math.sqrt(3) < 0  # the old interval went negative
+    ci = scaling.mean_ci(windows)
+    assert 0 < ci.low < ci.mean < ci.high
     assert scaling.t95(1000) == 1.96
     with pytest.raises(ValueError):
         scaling.mean_ci([])
@@ -72,11 +83,13 @@ def test_diagnosis_names_the_bottleneck():
 @pytest.mark.multiproc
 def test_local_sweep_makes_a_parent_run_with_two_children(workdir):
     done = run_cli("scale", REPO / "jobs" / "synthetic.yaml", "--gpus", "1,2", "--local",
-                   "--repeats", "2", "--set", "data.samples_per_epoch=512", cwd=workdir, timeout=600)
+                   "--repeats", "3", "--set", "data.samples_per_epoch=512", cwd=workdir, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout[done.stdout.index("  N  samples/s"):]
+    # Three windows per size: a real interval, positive at both ends (it is a factor either side).
     assert re.search(r"^\s+1\s+[\d.]+\s+\d+ \.\. \d+\s+[\d.]+\s+1\.00\s+100%", table, re.M), table
-    assert re.search(r"^\s+2\s+[\d.]+\s+-?\d+ \.\. \d+\s+[\d.]+\s+[\d.]+\s+\d+%\s+\d+%\s+\d+%", table, re.M)
+    assert re.search(r"^\s+2\s+[\d.]+\s+\d+ \.\. \d+\s+[\d.]+\s+[\d.]+\s+\d+%\s+\d+%\s+\d+%", table, re.M)
+    assert "-" not in table.splitlines()[1].split()[2] + table.splitlines()[2].split()[2]
     assert "N=2: step" in done.stdout and "bus bandwidth" in done.stdout
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -122,3 +135,18 @@ def test_fp16_compression_halves_the_modelled_gradient_bytes():
     model = tf.keras.Sequential([tf.keras.layers.Input((10,)), tf.keras.layers.Dense(5)])  # 55
     assert gradient_bytes(model, fp16=False) == 55 * 4
     assert gradient_bytes(model, fp16=True) == 55 * 2
+
+
+def test_too_few_windows_are_said_plainly_and_plots_carry_error_bars(tmp_path):
+    from harness.scaling import report
+    few = scaling.scale_rows({1: scaling.mean_ci([1000.0, 1040.0]), 2: scaling.mean_ci([1500.0, 1600.0])})
+    text = report.table(few)
+    assert "(2 windows: none)" in text and "need at least 3 timing windows" in text
+    enough = scaling.scale_rows({1: scaling.mean_ci([990.0, 1000.0, 1010.0]),
+                                 2: scaling.mean_ci([1500.0, 1550.0, 1600.0])})
+    two = enough[1]
+    assert 0 < two.efficiency_low < two.efficiency < two.efficiency_high  # bounds from both intervals
+    assert "none" not in report.table(enough)
+    for png in (report.throughput_png(enough, tmp_path / "t.png", "t"),
+                report.efficiency_png(enough, tmp_path / "e.png", "e")):
+        assert png.stat().st_size > 10_000

@@ -1,4 +1,4 @@
-"""Sharding covers every sample once; LR rules; throughput arithmetic; overfitting verdict."""
+"""Sharding covers every sample once; LR rules; throughput arithmetic (the verdict: test_overfitting)."""
 from __future__ import annotations
 
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
 
-from harness.runtime import overfitting
 from harness.runtime import sharding
 from harness.runtime.lr import rate_at, scaled_rate
 from harness.runtime.throughput import Throughput
@@ -76,21 +75,3 @@ def test_throughput_drops_warmup_and_rejects_backwards_counters():
                                "throughput/samples_per_sec_per_gpu": 25.0}
     with pytest.raises(ValueError, match="backwards"):
         meter.update(13.0, 600)
-
-
-def _history(losses, val_losses):
-    return [{"epoch": i, "loss": a, "val_loss": b} for i, (a, b) in enumerate(zip(losses, val_losses))]
-
-
-def test_overfitting_detected_when_val_rises_while_loss_falls():
-    h = _history([1.0, 0.8, 0.6, 0.5, 0.4, 0.3], [1.0, 0.9, 0.85, 0.9, 0.95, 1.0])
-    assert overfitting.best_epoch(h) == 2
-    assert overfitting.overfitting_epoch(h, patience=3) == 5
-    assert overfitting.overfitting_epoch(h, patience=4) is None
-    assert "detected at epoch 5" in overfitting.verdict(h, 3)
-
-
-def test_no_overfitting_when_both_fall_or_noise_breaks_the_streak():
-    h = _history([1.0, 0.8, 0.6, 0.5, 0.4], [1.0, 1.1, 0.9, 1.0, 0.8])
-    assert overfitting.overfitting_epoch(h, patience=2) is None
-    assert "no overfitting" in overfitting.verdict(h, 2)

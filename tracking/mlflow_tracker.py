@@ -224,7 +224,7 @@ class MlflowTracker:
             print(f"tracking: could not upload {path} ({type(e).__name__}); it stays on disk",
                   flush=True)
 
-    def log_summary(self, spec, history, final, verdict, best=None, telemetry_lines=(),
+    def log_summary(self, spec, history, final, verdict, marks=None, telemetry_lines=(),
                     timeline=None) -> None:
         """Loss-curve PNG and HTML report, written beside the checkpoints and uploaded."""
         from tracking import report
@@ -232,10 +232,11 @@ class MlflowTracker:
             return
         folder = spec.checkpoint_dir.parent
         folder.mkdir(parents=True, exist_ok=True)
-        png = report.loss_curve_png(history, folder / "loss_curve.png", spec.name, best)
+        png = report.loss_curve_png(history, folder / "loss_curve.png", spec.name, marks)
         page = folder / "report.html"
         page.write_text(report.html_report(spec.name, history, final, verdict, png,
-                                           [report.telemetry_section(telemetry_lines, timeline)]))
+                                           [report.telemetry_section(telemetry_lines, timeline)],
+                                           marks))
         self.log_artifact(png)
         self.log_artifact(page)
 

@@ -15,21 +15,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def loss_curve_png(history: Sequence[dict], path: Path, title: str = "",
-                   best: Optional[int] = None) -> Path:
-    """Training and validation loss against epoch, the gap shaded, the best epoch (an index
-    into ``history``, as the caller judged it) marked."""
-    epochs = [h["epoch"] for h in history]
+                   marks: Optional[Mapping] = None) -> Path:
+    """Training and validation loss against epoch (from 1), the gap shaded, and from the verdict
+    (``marks``: best_epoch, onset_epoch, kind) the best epoch marked and the overfitting or
+    plateau stretch shaded."""
+    epochs = [h["epoch"] + 1 for h in history]
     loss = [h["loss"] for h in history]
     val = [h.get("val_loss", float("nan")) for h in history]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    ax.plot(epochs, loss, "o-", label="loss (training)")
-    ax.plot(epochs, val, "s-", label="val_loss (validation)")
-    ax.fill_between(epochs, loss, val, color="tab:red", alpha=0.15, label="generalization gap")
-    if best is not None:
-        ax.axvline(epochs[best], color="k", ls="--", lw=1)
-        ax.annotate(f"best epoch {epochs[best]}", (epochs[best], val[best]),
-                    textcoords="offset points", xytext=(6, 10))
+    ax.plot(epochs, loss, "o-", ms=3, label="loss (training)")
+    ax.plot(epochs, val, "s-", ms=3, label="val_loss (validation)")
+    ax.fill_between(epochs, loss, val, color="tab:red", alpha=0.12, label="generalization gap")
+    _mark_verdict(ax, marks or {}, epochs, val)
     return save_figure(fig, ax, path, "epoch", "loss", title or "loss curves")
+
+
+def _mark_verdict(ax, marks: Mapping, epochs: list, val: list) -> None:
+    best, onset, kind = marks.get("best_epoch"), marks.get("onset_epoch"), marks.get("kind")
+    if best is not None:
+        ax.axvline(best, color="k", ls="--", lw=1)
+        ax.annotate(f"best epoch {best}", (best, val[best - 1]), textcoords="offset points",
+                    xytext=(6, 10))
+    if onset is not None and kind in ("overfitting", "plateau"):
+        color = "tab:orange" if kind == "overfitting" else "tab:gray"
+        ax.axvspan(onset - 0.5, epochs[-1] + 0.5, color=color, alpha=0.15,
+                   label=f"{kind} since epoch {onset}")
 
 
 def save_figure(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
@@ -45,11 +55,22 @@ def save_figure(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Pa
     return path
 
 
-def _table(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
+def _table(rows: Sequence[Mapping], keys: Sequence[str], row_class=lambda row: "") -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys) + "</tr>" for r in rows)
+        f'<tr class="{row_class(r)}">' + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys)
+        + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _epoch_class(marks: Mapping):
+    """The best epoch's row in bold, the overfitting (or plateau) stretch shaded."""
+    def row_class(row) -> str:
+        if row.get("epoch") == marks.get("best_epoch"):
+            return "best"
+        onset = marks.get("onset_epoch")
+        return marks.get("kind", "") if onset and row.get("epoch", 0) >= onset else ""
+    return row_class
 
 
 def _fmt(value) -> str:
@@ -59,19 +80,23 @@ def _fmt(value) -> str:
 
 
 def html_report(name: str, history: Sequence[dict], final: Mapping, verdict: str,
-                png: Path, extra_sections: Sequence[str] = ()) -> str:
+                png: Path, extra_sections: Sequence[str] = (), marks: Optional[Mapping] = None
+                ) -> str:
     """One HTML file with everything inline (MLflow's artifact viewer shows it as is)."""
     image = base64.b64encode(Path(png).read_bytes()).decode()
     keys = ["epoch"] + sorted({k for h in history for k in h} - {"epoch"})
+    history = [{**h, "epoch": h["epoch"] + 1} for h in history]  # a person counts from 1
     figures = "".join(f"<li><b>{html.escape(k)}</b>: {_fmt(v)}</li>" for k, v in final.items())
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} tr.best{{font-weight:bold}}
+tr.overfitting{{background:#fde7d2}} tr.plateau{{background:#eee}}</style></head><body>
 <h1>{html.escape(name)}</h1>
 <p><b>Overfitting verdict:</b> {html.escape(verdict)}</p>
 <h2>Final figures</h2><ul>{figures}</ul>
 <h2>Loss curves</h2><img alt="loss curves" src="data:image/png;base64,{image}">
-<h2>Per epoch (throughput in samples/s over all processes)</h2>{_table(history, keys)}
+<h2>Per epoch (throughput in samples/s over all processes)</h2>
+{_table(history, keys, _epoch_class(marks or {}))}
 {''.join(extra_sections)}
 </body></html>"""
 
@@ -119,12 +144,19 @@ def telemetry_section(lines: Sequence[str], timeline: Path = None) -> str:
     return f"<h2>GPU use</h2><ul>{items}</ul>{plot}"
 
 
-def terminal_summary(name: str, history: Sequence[dict], final: Mapping, verdict: str) -> str:
-    """The same summary as the HTML report, for `harness report`."""
+def terminal_summary(name: str, history: Sequence[dict], final: Mapping, verdict: str,
+                     marks: Optional[Mapping] = None) -> str:
+    """The same summary as the HTML report, for `harness report`: epochs from 1, the best one
+    and the overfitting (or plateau) stretch marked in the margin."""
+    marks = marks or {}
     lines = [f"run {name}", f"verdict: {verdict}"]
     lines += [f"  {k}: {_fmt(v)}" for k, v in final.items()]
-    cols = ["epoch", "loss", "val_loss", "generalization_gap", "throughput/samples_per_sec"]
-    lines.append("  ".join(f"{c.split('/')[0]:>18}" for c in cols))
+    cols = ["loss", "val_loss", "generalization_gap", "throughput/samples_per_sec"]
+    lines.append(f"{'epoch':>6}  " + "  ".join(f"{c.split('/')[0]:>18}" for c in cols))
     for h in history:
-        lines.append("  ".join(f"{_fmt(h.get(c)):>18}" for c in cols))
+        epoch = h["epoch"] + 1
+        note = ("  <- best" if epoch == marks.get("best_epoch") else
+                f"  {marks['kind']}" if marks.get("onset_epoch") and epoch >= marks["onset_epoch"]
+                and marks.get("kind") in ("overfitting", "plateau") else "")
+        lines.append(f"{epoch:>6}  " + "  ".join(f"{_fmt(h.get(c)):>18}" for c in cols) + note)
     return "\n".join(lines)

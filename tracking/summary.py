@@ -7,7 +7,9 @@ from tracking.run import tracking_uri
 
 EPOCH_KEYS = ("loss", "val_loss", "generalization_gap", "accuracy", "val_accuracy",
               "throughput/samples_per_sec", "time/epoch_s")
-FINAL_KEYS = ("best_epoch", "best_val_loss", "test_accuracy", "test_roc_auc")
+FINAL_KEYS = ("best_epoch", "best_val_loss", "overfitting/onset_epoch", "overfitting/gl_percent",
+              "overfitting/epochs_since_best", "overfitting/loss_change_percent",
+              "test_accuracy", "test_roc_auc")
 
 
 def history_from_mlflow(client, run_id: str) -> list[dict]:
@@ -16,6 +18,10 @@ def history_from_mlflow(client, run_id: str) -> list[dict]:
         for m in client.get_metric_history(run_id, key):
             by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _epoch(value):
+    return None if value is None else int(value)
 
 
 def print_report(run_id: str) -> int:
@@ -30,8 +36,12 @@ def print_report(run_id: str) -> int:
     final = {k: v for k, v in run.data.metrics.items() if k in FINAL_KEYS}
     final["status"] = run.info.status
     verdict = run.data.tags.get("overfitting", "not recorded")
+    metrics = run.data.metrics
+    marks = {"best_epoch": _epoch(metrics.get("best_epoch")),
+             "onset_epoch": _epoch(metrics.get("overfitting/onset_epoch")),
+             "kind": run.data.tags.get("overfitting.kind")}
     print(terminal_summary(run.info.run_name or run_id, history_from_mlflow(client, run_id),
-                           final, verdict))
+                           final, verdict, marks))
     tags = run.data.tags
     if "telemetry.gpus" in tags:
         print(f"GPUs: {tags['telemetry.gpus']}")

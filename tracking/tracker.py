@@ -37,7 +37,7 @@ class Tracker(Protocol):
     def log_dataset(self, name: str, features, targets, source: Mapping, context: str) -> None:
         """The data a run trained on, as an MLflow dataset input (name, digest, schema, shape)."""
 
-    def log_summary(self, spec, history, final, verdict, best=None, telemetry_lines=(),
+    def log_summary(self, spec, history, final, verdict, marks=None, telemetry_lines=(),
                     timeline=None) -> None:
         """The loss-curve PNG and the HTML report."""
 
@@ -81,7 +81,7 @@ class NullTracker:
     def log_dataset(self, name: str, features, targets, source: Mapping, context: str) -> None:
         pass
 
-    def log_summary(self, spec, history, final, verdict, best=None, telemetry_lines=(),
+    def log_summary(self, spec, history, final, verdict, marks=None, telemetry_lines=(),
                     timeline=None) -> None:
         pass
 

@@ -70,23 +70,33 @@ class EpochClock(tf.keras.callbacks.Callback):
 
 
 class OverfitWatch(tf.keras.callbacks.Callback):
-    """Keeps the epoch history, the best weights, and (optionally) stops on overfitting."""
+    """Keeps the epoch history and the best weights, and stops early as Keras' EarlyStopping does.
 
-    def __init__(self, history: list, patience: int, early_stopping: bool):
+    Every rank decides alike: the metrics it reads are already averaged over the ranks.  The best
+    weights live in the checkpoint too, so a resumed run restores the same ones.
+    """
+
+    def __init__(self, history: list, patience: int, min_delta: float, early_stopping: bool,
+                 best_weights: Optional[list] = None):
         super().__init__()
-        self.history, self.patience, self.early_stopping = history, patience, early_stopping
-        self.best_weights = None
+        self.history, self.patience, self.min_delta = history, patience, min_delta
+        self.early_stopping, self.best_weights = early_stopping, best_weights
         self.stopped_at: Optional[int] = None
 
     def on_epoch_end(self, epoch, logs=None):
         if "val_loss" in logs:
             logs["generalization_gap"] = logs["val_loss"] - logs["loss"]
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-        if overfitting.best_epoch(self.history) == len(self.history) - 1:
+        if overfitting.best_epoch(self.history, self.min_delta) == len(self.history) - 1:
             self.best_weights = self.model.get_weights()
-        if self.early_stopping and overfitting.overfitting_epoch(self.history, self.patience):
+        if self.early_stopping and overfitting.should_stop(self.history, self.patience,
+                                                           self.min_delta):
             self.stopped_at = epoch
             self.model.stop_training = True
+
+    @property
+    def best_index(self) -> Optional[int]:
+        return overfitting.best_epoch(self.history, self.min_delta)
 
     def on_train_end(self, logs=None):
         if self.stopped_at is not None and self.best_weights is not None:

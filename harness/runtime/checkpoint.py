@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from harness.errors import UserError
 from harness.files import atomic_write_text
 
 POINTER = "latest.json"
+BEST_WEIGHTS = "best-weights.npz"  # the best epoch's weights, in Keras get_weights() order
 FORMAT = 1
 
 
@@ -31,6 +34,7 @@ class CheckpointState:
     run_id: Optional[str] = None
     signature: str = ""  # model layout: shapes of every weight, to refuse a different model
     extra: dict = field(default_factory=dict)
+    best_weights: Optional[list] = None  # the best epoch's weights (early stopping restores them)
 
 
 def model_signature(model) -> str:
@@ -50,6 +54,8 @@ def save(directory: Path, model, optimizer, state: CheckpointState, keep: int = 
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-epoch-{state.epoch:05d}-"))
     try:
         _tf_checkpoint(model, optimizer).write(str(tmp / "weights"))
+        if state.best_weights is not None:  # a resumed run must restore the same best weights
+            np.savez(tmp / BEST_WEIGHTS, *state.best_weights)
         meta = {"format": FORMAT, "epoch": state.epoch, "history": state.history,
                 "run_id": state.run_id, "signature": state.signature, "extra": state.extra}
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1))
@@ -119,6 +125,10 @@ def restore(directory: Path, model, optimizer) -> CheckpointState:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{folder}: corrupt or incompatible checkpoint ({first}); restore it or "
                         "use another checkpoint.dir to start anew") from None
+    best = folder / BEST_WEIGHTS
+    if best.exists():
+        with np.load(best) as arrays:
+            state.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
     return state
 
 

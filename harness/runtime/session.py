@@ -133,15 +133,19 @@ def check_requeue_cap(ctx, tracker) -> None:
 def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
               telemetry_lines: list, timeline=None) -> None:
     """The closing lines: final and best metrics, the verdict, where everything is."""
-    history = outcome.history
-    best = overfitting.best_epoch(history)
+    history, t = outcome.history, spec.training
+    judged = overfitting.judge(history, t.patience, t.min_delta, t.gl_threshold)
+    verdict = judged.text()
     final_metrics = dict(outcome.final)
-    if best is not None:
-        final_metrics.update(best_epoch=best, best_val_loss=history[best]["val_loss"])
+    if judged.best_epoch is not None:  # epochs count from 1 here, as in every line a person reads
+        final_metrics.update(best_epoch=judged.best_epoch,
+                             best_val_loss=history[judged.best_epoch - 1]["val_loss"],
+                             **judged.metrics())
     tracker.log_metrics(final_metrics, step=len(history))
-    verdict = overfitting.verdict(history, spec.training.patience)
-    tracker.set_tags({"overfitting": verdict})
-    tracker.log_summary(spec, history, final_metrics, verdict, best, telemetry_lines, timeline)
+    tracker.set_tags({"overfitting": verdict, "overfitting.kind": judged.kind})
+    marks = {"best_epoch": judged.best_epoch, "onset_epoch": judged.onset_epoch,
+             "kind": judged.kind}
+    tracker.log_summary(spec, history, final_metrics, verdict, marks, telemetry_lines, timeline)
     last = history[-1] if history else {}
     out = sys.stdout
     print(f"done: {len(history)} epochs in {seconds:.0f} s ({len(history) - outcome.start_epoch} this run)",
@@ -156,7 +160,10 @@ def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
     for line in telemetry_lines:
         print(line, file=out)
     if outcome.stopped_early_at is not None:
-        print(f"early stopping at epoch {outcome.stopped_early_at + 1}; best weights restored", file=out)
+        print(f"early stopping at epoch {outcome.stopped_early_at + 1} (patience {t.patience}): "
+              f"best weights of epoch {judged.best_epoch} restored, val_loss "
+              f"{outcome.restored_val_loss:.6f} (best {final_metrics['best_val_loss']:.6f})",
+              file=out)
     print(f"checkpoints: {spec.checkpoint_dir.resolve()}", file=out)
     if tracker.location:
         print(f"tracking: {tracker.location}", file=out)

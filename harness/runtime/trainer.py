@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from harness.runtime import callbacks as cb
-from harness.runtime import checkpoint
+from harness.runtime import checkpoint, overfitting
 from slurm import preemption
 from harness.runtime import sharding
 from harness.runtime.distributed import ProcessContext, trainable_fingerprints
@@ -44,6 +44,7 @@ class Outcome:
     start_epoch: int
     final: dict = field(default_factory=dict)  # the job's held-out figures
     stopped_early_at: Optional[int] = None
+    restored_val_loss: Optional[float] = None  # val_loss of the restored best weights, measured
     model: object = None
     epoch_ends: list = field(default_factory=list)  # wall-clock time of each epoch's end
 
@@ -107,29 +108,51 @@ def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
         tracker.log_dataset(f"{spec.name}-train", splits.x_train, splits.y_train,
                             {"job": spec.job, "spec": spec.spec_path}, "training")
     model, target_lr = compile_model(job, spec, ctx)
-    history, start = [], 0
+    history, start, best_weights = [], 0, None
     # Slots exist from the start: a checkpoint taken before the first step holds them too.
     model.optimizer._create_all_weights(model.trainable_variables)
     if resume_state is not None:
         # Every rank reads the checkpoint (it lives on a shared filesystem), so all start equal.
         state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer)
-        history, start = list(state.history), state.epoch
+        history, start, best_weights = list(state.history), state.epoch, state.best_weights
     train_ds, steps, per_step = training_batches(job, spec, splits, ctx, start)
-    watch = cb.OverfitWatch(history, spec.training.patience, spec.training.early_stopping)
+    t = spec.training
+    watch = cb.OverfitWatch(history, t.patience, t.min_delta, t.early_stopping, best_weights)
     callbacks = callbacks_for(spec, ctx, tracker, watch, steps, per_step, target_lr,
                               resumed=resume_state is not None, start=start)
-    if start < spec.training.epochs:
+    validation = validation_dataset(job, spec, splits, ctx)
+    if start < t.epochs and not already_stopped(watch, model):
         try:
-            model.fit(train_ds, validation_data=validation_dataset(job, spec, splits, ctx),
-                      epochs=spec.training.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
+            model.fit(train_ds, validation_data=validation, epochs=t.epochs, initial_epoch=start,
+                      callbacks=callbacks, verbose=0)
         except preemption.Preempted as stop:
             stop.checkpoint_epoch = leave_checkpoint(callbacks, ctx)
             raise
+    restored = restored_val_loss(model, validation) if watch.stopped_at is not None else None
     check_ranks_agree(model, ctx)
     final = job.evaluate(model, splits) if ctx.is_chief and hasattr(job, "evaluate") else {}
     clock = next(c for c in callbacks if isinstance(c, cb.EpochClock))
     return Outcome(history=history, start_epoch=start, final=final,
-                   stopped_early_at=watch.stopped_at, model=model, epoch_ends=clock.epoch_ends)
+                   stopped_early_at=watch.stopped_at, restored_val_loss=restored, model=model,
+                   epoch_ends=clock.epoch_ends)
+
+
+def already_stopped(watch: cb.OverfitWatch, model: tf.keras.Model) -> bool:
+    """A resumed run whose history already met the stopping rule ends there, best weights back."""
+    if not (watch.early_stopping and watch.history and
+            overfitting.should_stop(watch.history, watch.patience, watch.min_delta)):
+        return False
+    watch.stopped_at = len(watch.history) - 1
+    if watch.best_weights is not None:
+        model.set_weights(watch.best_weights)
+    return True
+
+
+def restored_val_loss(model: tf.keras.Model, validation: tf.data.Dataset) -> float:
+    """val_loss of the weights early stopping restored, averaged over ranks as in fit."""
+    mine = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
+    return float(hvd_core.allreduce(tf.constant(mine, tf.float64), op=hvd_core.Average,
+                                    name="harness.restored_val_loss"))
 
 
 def check_ranks_agree(model: tf.keras.Model, ctx: ProcessContext) -> None:
@@ -171,6 +194,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
             spec.checkpoint_dir, spec.checkpoint.every_epochs, t.epochs,
             lambda done: checkpoint.CheckpointState(
                 epoch=done, history=watch.history[:done], run_id=tracker.run_id,
-                signature=checkpoint.model_signature(watch.model)),
+                signature=checkpoint.model_signature(watch.model),
+                best_weights=watch.best_weights),
             saved_epoch=start if resumed else None, start_epoch=start, preemptible=preemptible))
     return chain

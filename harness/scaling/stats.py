@@ -18,31 +18,43 @@ def t95(df: int) -> float:
     return _T95[df - 1] if 1 <= df <= len(_T95) else 1.96
 
 
+MIN_WINDOWS = 3  # below this a 95% interval is too wide to mean anything (t = 12.7 at 2 windows)
+
+
 @dataclass(frozen=True)
 class Interval:
-    mean: float
-    half_width: float  # 95% confidence: mean ± half_width; nan with a single window
+    """A rate and its 95% interval, found on the log of the rate: the interval is a factor
+    either side of the geometric mean, so it can never reach zero or below."""
+
+    mean: float  # geometric mean of the windows' samples/s
+    low: float  # nan without an interval (one window)
+    high: float
     windows: int
 
     @property
-    def low(self) -> float:
-        return self.mean - self.half_width
+    def meaningful(self) -> bool:
+        return self.windows >= MIN_WINDOWS
 
     @property
-    def high(self) -> float:
-        return self.mean + self.half_width
+    def factor(self) -> float:
+        """high / mean (= mean / low): 1.05 means +-5%."""
+        return self.high / self.mean
 
 
 def mean_ci(values: Sequence[float]) -> Interval:
-    """Mean and 95% t-interval of timing windows (samples/s of each window)."""
+    """Geometric mean and 95% Student-t interval on log(samples/s) of the timing windows."""
     n = len(values)
     if n == 0:
         raise ValueError("no timing windows")
-    mean = sum(values) / n
+    if any(v <= 0 for v in values):
+        raise ValueError(f"a throughput window is not positive: {sorted(values)[0]}")
+    logs = [math.log(v) for v in values]
+    centre = sum(logs) / n
     if n == 1:
-        return Interval(mean, float("nan"), 1)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return Interval(mean, t95(n - 1) * sd / math.sqrt(n), n)
+        return Interval(math.exp(centre), float("nan"), float("nan"), 1)
+    sd = math.sqrt(sum((x - centre) ** 2 for x in logs) / (n - 1))
+    half = t95(n - 1) * sd / math.sqrt(n)
+    return Interval(math.exp(centre), math.exp(centre - half), math.exp(centre + half), n)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,9 @@ class ScaleRow:
     efficiency: float  # E(N) = S(N) / N
     predicted_efficiency: Optional[float] = None  # from the communication model
     predicted_overlap: Optional[float] = None  # the same, assuming communication fully overlaps
+
+    efficiency_low: float = float("nan")  # conservative bounds from the two intervals
+    efficiency_high: float = float("nan")
 
     @property
     def per_process(self) -> float:
@@ -66,9 +81,14 @@ def scale_rows(throughputs: dict[int, Interval]) -> list[ScaleRow]:
     base_n = min(throughputs)
     base = throughputs[base_n].mean / base_n  # per-process rate of the baseline
     rows = []
+    first = throughputs[base_n]
     for n in sorted(throughputs):
-        speedup = throughputs[n].mean / base if base > 0 else float("nan")
-        rows.append(ScaleRow(n, throughputs[n], speedup, speedup / n))
+        t = throughputs[n]
+        speedup = t.mean / base if base > 0 else float("nan")
+        # E(N) at its lowest: this size at its low end over the baseline at its high end.
+        low = t.low / n / (first.high / base_n) if n != base_n else float("nan")
+        high = t.high / n / (first.low / base_n) if n != base_n else float("nan")
+        rows.append(ScaleRow(n, t, speedup, speedup / n, efficiency_low=low, efficiency_high=high))
     return rows
 
 

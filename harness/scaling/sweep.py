@@ -169,8 +169,8 @@ def scale_metrics(row) -> dict:
     """One size's figures for the parent run; intervals and predictions only where they exist."""
     metrics = {"scale/samples_per_sec": row.throughput.mean, "scale/speedup": row.speedup,
                "scale/efficiency": row.efficiency}
-    if not math.isnan(row.throughput.half_width):
-        metrics["scale/ci95_half_width"] = row.throughput.half_width
+    if row.throughput.meaningful:
+        metrics.update({"scale/ci95_low": row.throughput.low, "scale/ci95_high": row.throughput.high})
     if row.predicted_efficiency is not None:
         metrics["scale/predicted_efficiency"] = row.predicted_efficiency
     return metrics

@@ -54,10 +54,16 @@ class TrainingSpec:
     warmup_epochs: float = field(
         default=0.0, metadata=doc("epochs to ramp from the base to the scaled rate; >= 0"))
     seed: int = field(default=42, metadata=doc("seeds Python, NumPy and TensorFlow; >= 0"))
-    early_stopping: bool = field(
-        default=False, metadata=doc("stop once overfitting is seen and restore the best weights"))
-    patience: int = field(
-        default=3, metadata=doc("epochs val_loss must rise while loss falls to call it overfitting"))
+    early_stopping: bool = field(default=False, metadata=doc(
+        "stop after `patience` epochs without improvement and restore the best weights (Keras)"))
+    patience: int = field(default=3, metadata=doc(
+        "epochs without a val_loss improvement before early stopping stops and the verdict "
+        "judges; 1..1000"))
+    min_delta: float = field(default=0.0, metadata=doc(
+        "a val_loss improvement counts only when larger than this (loss units); >= 0"))
+    gl_threshold: float = field(default=2.0, metadata=doc(
+        "percent above its best that val_loss must end for the verdict to call it overfitting "
+        "(Prechelt's generalization loss GL); 0.1..1000"))
     fp16_allreduce: bool = field(
         default=False, metadata=doc("send gradients as float16 (Horovod compression): half the bytes"))
     mixed_precision: bool = field(
@@ -76,6 +82,9 @@ class TrainingSpec:
                  "use 0..1000 epochs")
         _require(self.seed >= 0, "seed", self.seed, "use an integer >= 0")
         _require(1 <= self.patience <= 1000, "patience", self.patience, "use 1..1000")
+        _require(0 <= self.min_delta <= 1e6, "min_delta", self.min_delta, "use a number >= 0")
+        _require(0.1 <= self.gl_threshold <= 1000, "gl_threshold", self.gl_threshold,
+                 "use 0.1..1000 (percent)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,72 @@
+"""The overfitting verdict and early stopping on curve fixtures: noisy, as validation curves are."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.runtime import overfitting
+
+SEEDS = range(40)
+
+
+def _history(val, loss):
+    return [{"epoch": i, "loss": float(l), "val_loss": float(v)} for i, (v, l) in
+            enumerate(zip(val, loss))]
+
+
+def _falling_loss(n, rng):
+    t = np.arange(n)
+    return 0.6 * np.exp(-t / 40) + 0.1 + rng.normal(0, 0.002, n)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_noisy_u_shaped_val_loss_is_overfitting_dated_within_two_epochs(seed):
+    rng = np.random.default_rng(seed)
+    n, minimum = 50, 20  # the true best epoch is index 20: epoch 21, overfitting from epoch 22
+    t = np.arange(n)
+    val = 0.5 + 0.001 * (t - minimum) ** 2 + rng.normal(0, 0.0015, n)  # noise 0.3%
+    verdict = overfitting.judge(_history(val, _falling_loss(n, rng)), patience=10)
+    assert verdict.kind == "overfitting", verdict.text()
+    assert abs(verdict.onset_epoch - (minimum + 2)) <= 2, verdict.text()
+    assert verdict.gl_percent > 2 and verdict.loss_change_percent < 0
+    assert verdict.text().startswith(f"overfitting since epoch {verdict.onset_epoch}: val_loss ")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_noisy_curve_that_still_improves_is_not_flagged(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    val = 0.5 + 0.5 * np.exp(-np.arange(n) / 15) + rng.normal(0, 0.003, n)
+    verdict = overfitting.judge(_history(val, _falling_loss(n, rng)), patience=10)
+    assert verdict.kind != "overfitting", verdict.text()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_plateau_is_reported_as_one(seed):
+    rng = np.random.default_rng(seed)
+    n = 50
+    t = np.arange(n)
+    val = np.where(t < 10, 0.9 - 0.04 * t, 0.5) + rng.normal(0, 0.002, n)
+    verdict = overfitting.judge(_history(val, _falling_loss(n, rng)), patience=10)
+    assert verdict.kind == "plateau", verdict.text()
+    assert verdict.text().startswith(f"plateau since epoch {verdict.onset_epoch}")
+
+
+def test_early_stopping_is_keras_rule_with_min_delta():
+    val = [1.0, 0.8, 0.7, 0.69, 0.695, 0.70, 0.71]
+    history = _history(val, [1.0] * len(val))
+    assert overfitting.best_epoch(history) == 3
+    assert overfitting.best_epoch(history, min_delta=0.02) == 2  # 0.69 is not better by > 0.02
+    assert not overfitting.should_stop(history, patience=4)  # epoch index 3 was the best
+    assert overfitting.should_stop(history, patience=4, min_delta=0.02)  # 4 epochs since index 2
+    assert overfitting.should_stop(history, patience=3)
+
+
+def test_prechelt_figures():
+    history = _history([1.0, 0.5, 0.55, 0.6], [1.0, 0.9, 0.8, 0.7])
+    assert overfitting.generalization_loss(history, 3) == pytest.approx(20.0)
+    assert overfitting.training_progress(history, 3, k=2) == pytest.approx(1000 * (1.5 / 1.4 - 1))
+    assert overfitting.progress_quotient(history, 3, k=2) == pytest.approx(
+        20.0 / (1000 * (1.5 / 1.4 - 1)))
+    rising = _history([1.0, 0.9, 0.95, 1.0, 1.1, 1.2, 1.3], [1.0] * 7)
+    assert overfitting.up_epoch(rising, successive=2, k=2) == 5  # strip ends 1,3,5: up at 3 and 5
