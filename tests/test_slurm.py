@@ -84,6 +84,23 @@ def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pi
     assert "COMPLETED" in status.stdout and "epoch 4/4" in status.stdout
 
 
+def _requeued_once_then_completed(slurm, workdir, job_id: str, after: str = "") -> str:
+    """Wait for the requeue, release SLURM's hold on the job (about two minutes after a requeue,
+    too long for a test) once ``after`` is done, and return the log of the completed job."""
+    deadline = time.monotonic() + 120
+    while slurm.job(job_id).get("Restarts") != "1":
+        assert time.monotonic() < deadline, f"job {job_id} did not requeue: {slurm.job(job_id)}"
+        time.sleep(0.5)
+    if after:
+        slurm.wait_state(after, {"COMPLETED", "FAILED", "CANCELLED"}, 120)
+    slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
+    log = _log(workdir, job_id)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", \
+        log + "\n--- stderr\n" + _log(workdir, job_id, "err")[-3000:]
+    return log
+
+
 @pytest.mark.slow
 def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir, pima_csv,
                                                                  mlflow_server):
@@ -96,16 +113,7 @@ def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir,
     _wait_for_line(workdir, job_id, r"epoch +4/10")
     slurm.cmd("scancel", "--signal=USR2", "--batch", job_id)  # what SLURM sends before preemption
 
-    deadline = time.monotonic() + 120
-    while slurm.job(job_id).get("Restarts") != "1":
-        assert time.monotonic() < deadline, f"job {job_id} did not requeue: {slurm.job(job_id)}"
-        time.sleep(0.5)
-    # SLURM holds a requeued job for ~2 minutes (BeginTime); release it now to keep the test short.
-    slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
-    log = _log(workdir, job_id)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", \
-        log + "\n--- stderr\n" + _log(workdir, job_id, "err")[-3000:]
+    log = _requeued_once_then_completed(slurm, workdir, job_id)
 
     stopped = re.search(r"SIGUSR2: stopped during epoch (\d+) on every rank, [\d.]+ s after the "
                         r"signal; checkpoint at epoch (\d+)", log)
@@ -264,16 +272,7 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     urgent = slurm.cmd("sbatch", "--parsable", "--partition=urgent", f"--ntasks={os.cpu_count()}",
                        "--mem=100M", "--output=/dev/null", "--wrap", "sleep 3").strip()
     assert urgent.isdigit(), urgent
-    deadline = time.monotonic() + 120
-    while slurm.job(job_id).get("Restarts") != "1":
-        assert time.monotonic() < deadline, f"job {job_id} was not preempted: {slurm.job(job_id)}"
-        time.sleep(0.5)
-    slurm.wait_state(urgent, {"COMPLETED", "FAILED", "CANCELLED"}, 120)
-    slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip the requeue hold
-    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
-    log = _log(workdir, job_id)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", \
-        log + "\n--- stderr\n" + _log(workdir, job_id, "err")[-3000:]
+    log = _requeued_once_then_completed(slurm, workdir, job_id, after=urgent)
 
     stopped = re.search(r"SIGTERM: stopped during epoch (\d+) on every rank, ([\d.]+) s after "
                         r"the signal; checkpoint at epoch (\d+)", log)

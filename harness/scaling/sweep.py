@@ -8,7 +8,6 @@ communication model (harness.scaling.comm_model) turns into a predicted efficien
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 import tempfile
