@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import socket
 
 import pytest
 
@@ -43,7 +44,8 @@ def test_failure_report_names_the_first_failed_rank():
                  "Traceback (most recent call last):", "RuntimeError: Horovod detected ...",
                  "Process name: 1", "Exit code: -9"]:
         relay(line, report, out)
-    assert report.describe(1) == "rank 1 failed first (killed by signal 9); the other ranks were stopped"
+    assert report.describe(1) == (f"rank 1 on {socket.gethostname()} failed first (killed by "
+                                  "signal 9); the other ranks were stopped")
     assert "Traceback" not in out.getvalue() and "Process 1 exit" in out.getvalue()
 
 
