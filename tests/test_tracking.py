@@ -108,12 +108,13 @@ def test_server_killed_mid_run_loses_no_metric(workdir, pima_csv, tmp_path_facto
         assert proc.returncode == 0, output[-3000:]
         client = MlflowClient(srv.url)
         run = _only_run(client, "diabetes_mlp")
-        # Said once each: when the server went away, and when what waited was delivered.
-        assert output.count(f"tracking: {srv.url} unreachable") == 1, output[-3000:]
+        # Said once per outage, not once per retry: when the server went away, and when what
+        # waited was delivered (a restarting server may drop out once more while it warms up).
+        downs = output.count(f"tracking: {srv.url} unreachable")
+        ups = len(re.findall(rf"tracking: {re.escape(srv.url)} reachable again after \d+ s; "
+                             r"\d+ waiting metric values delivered", output))
         fallback = re.search(r"harness tracking import (\S+)", output)
-        if not fallback:
-            assert re.search(rf"tracking: {re.escape(srv.url)} reachable again after \d+ s; "
-                             r"\d+ waiting metric values delivered", output), output[-3000:]
+        assert 1 <= downs <= 2 and (ups == downs or fallback and ups == downs - 1), output[-3000:]
         if fallback:  # the server came back too late: the fallback file must hold the rest
             imported = run_cli("tracking", "import", fallback.group(1), cwd=workdir,
                                env={"MLFLOW_TRACKING_URI": srv.url})

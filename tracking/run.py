@@ -108,7 +108,9 @@ def mark_failed(run_id: str, uri: str, reason: str) -> None:
         if "failure_reason" in run.data.tags:
             client.set_tag(run_id, "failure_reason.rank0", run.data.tags["failure_reason"])
         client.set_tag(run_id, "failure_reason", reason)
-        if run.info.status == "RUNNING":  # rank 0 itself was killed
+        # Rank 0 may have marked the run KILLED (horovodrun stopped it) or died itself (RUNNING):
+        # either way the job failed, and every rank has exited by now.
+        if run.info.status != "FAILED":
             client.set_terminated(run_id, "FAILED")
     except Exception as e:  # the run's record only: the failure itself is already reported
         print(f"tracking: could not record the failure in run {run_id} ({type(e).__name__})",
