@@ -125,6 +125,30 @@ def test_server_killed_mid_run_loses_no_metric(workdir, pima_csv, tmp_path_facto
         srv.stop()
 
 
+def test_outage_that_ends_in_the_final_flush_is_reported_once(tmp_path_factory):
+    """The last metrics wait out an outage and are delivered while the run closes: said once each."""
+    from tracking.mlflow_tracker import Metric, MetricSender
+    srv = MlflowServer(tmp_path_factory.mktemp("final-flush")).start()
+    try:
+        client = MlflowClient(srv.url)
+        run_id = client.create_run(client.create_experiment("t-final-flush")).info.run_id
+        srv.kill()
+        said = []
+        sender = MetricSender(client, run_id, tmp_path_factory.mktemp("fb") / "fb.jsonl",
+                              uri=srv.url, say=lambda line, flush=False: said.append(line))
+        for step in range(3):
+            sender.queue.put(Metric("loss", 1.0 / (step + 1), 1000 + step, step))
+        sender.start()  # its first send fails at once; its next try is ten seconds away
+        srv.start()
+        assert sender.close() == 0
+        assert len(said) == 2 and said[0].startswith(f"tracking: {srv.url} unreachable (")
+        assert re.fullmatch(rf"tracking: {re.escape(srv.url)} reachable again after \d+ s; "
+                            r"3 waiting metric values delivered", said[1])
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2]
+    finally:
+        srv.stop()
+
+
 def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv, mlflow_server):
     import os
     import signal

@@ -139,10 +139,12 @@ class MetricSender(threading.Thread):
         self.stopping.set()
         self.join(timeout=deadline_s)
         self._drain()
+        waiting = len(self.pending)
         end = time.monotonic() + deadline_s
         while self.pending and time.monotonic() < end and not self._send():
             time.sleep(1.0)
         if not self.pending:
+            self._note_up(waiting)  # an outage that ends in the final flush is reported too
             return 0
         write_fallback(self.fallback, self.run_id, self.pending)
         return len(self.pending)
