@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,9 @@ def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
     check_checkpoint_interval(spec, epoch_estimate)
     workdir = Path.cwd()
     log_dir = (workdir / "runs" / spec.name / "slurm").resolve()
-    stem = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    # Unique per submission: `harness scale` queues several sizes from one process in one second,
+    # and each job must run its own frozen spec (its own checkpoint folder).
+    stem = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
     frozen = dataclasses.replace(spec, spec_path=str(freeze.frozen_paths(log_dir, stem)[0]))
     script = render_sbatch(frozen, cluster, REPO, log_dir, (), uri, workdir=workdir, extra=extra)
     return Submission(spec, partition, script, log_dir, uri, stem)

@@ -35,3 +35,15 @@ def test_dev_slurm_on_a_machine_without_scontrol_is_down_not_an_error(monkeypatc
     from slurm_dev import DevSlurm
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH: no scontrol, as before apt-get
     assert DevSlurm(tmp_path).up() is False
+
+
+def test_two_submissions_in_one_second_freeze_two_specs(workdir):
+    """`harness scale` queues its sizes from one process within a second: each job must run its
+    own frozen spec (its own checkpoint folder), never the one frozen for the size before."""
+    from slurm.cluster import load_cluster
+    from slurm.submit import prepare
+    from harness.spec.loader import load_spec
+    cluster = load_cluster("lars")
+    stems = {prepare(load_spec(REPO / "jobs" / "synthetic.yaml"), cluster, [],
+                     "sqlite:///mlflow.db", None, {}).stem for _ in range(2)}
+    assert len(stems) == 2, stems
