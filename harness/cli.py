@@ -88,6 +88,18 @@ def build_parser() -> OneLineParser:
     p.add_argument("--local", action="store_true", help="local processes instead of SLURM jobs")
     p.add_argument("--partition", help="SLURM partition (default: the spec's or the cluster's)")
     p.add_argument("--cluster", default="", help="cluster profile (default $HARNESS_CLUSTER or lars)")
+    p.add_argument("--predict", action="store_true",
+                   help="predict throughput and efficiency up to the whole partition, packed and "
+                        "spread, with and without fp16 allreduce; checked at every measured size")
+    p.add_argument("--step-ms", type=float, default=None,
+                   help="with --predict: one process's step time in ms; predict without a sweep")
+    p.add_argument("--from-run", default="",
+                   help="with --predict: take the step time from this earlier 1-process run")
+    p.add_argument("--probe", dest="probes", action="append", default=[], metavar="FILE",
+                   help="with --predict: links measured by `harness probe --out FILE` (repeatable)")
+    p.add_argument("--overhead-ms", type=float, default=0.0,
+                   help="with --predict: per-step runtime overhead at N>1 that a sweep measured "
+                        "(default 0, as on GPU nodes)")
     _sbatch_arg(p)
 
     p = verbs.add_parser("probe", help="hosts, GPUs, versions, Horovod build, allreduce bandwidth")
@@ -97,6 +109,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--max-bytes", type=int, default=256 * 2 ** 20,
                    help="largest allreduce in the 1 KB x 4^k sweep (default 256 MB)")
     p.add_argument("--log", action="store_true", help="log the results to MLflow (experiment probe)")
+    p.add_argument("--out", default="", help="write the results as JSON (for scale --probe)")
 
     p = verbs.add_parser("report", help="print a run's summary from MLflow")
     p.add_argument("run_id")
@@ -206,10 +219,18 @@ def cmd_scale(args) -> int:
     if not 2 <= args.repeats <= 1000:
         raise UserError(f"--repeats {args.repeats}: use 2..1000 timing windows (a CI needs two)")
     overrides = args.overrides + ([f"resources.partition={args.partition}"] if args.partition else [])
+    predict_only = args.step_ms is not None or bool(args.from_run)
+    if (predict_only or args.probes or args.overhead_ms) and not args.predict:
+        raise UserError("--step-ms, --from-run, --probe and --overhead-ms go with --predict")
+    if predict_only:
+        from harness.scaling import prediction_run
+        from harness.spec.loader import load_spec
+        return prediction_run.standalone(load_spec(args.spec, overrides), args.cluster,
+                                         args.step_ms, args.from_run, args.probes, args.overhead_ms)
     layout = "packed" if args.layout == "auto" else args.layout
     extra = sbatch_options.parse_cli(args.sbatch)
     return sweep(SweepPlan(args.spec, overrides, sizes, args.repeats, args.local, layout,
-                           args.cluster, extra))
+                           args.cluster, extra, args.predict, tuple(args.probes), args.overhead_ms))
 
 
 def cmd_probe(args) -> int:
@@ -223,6 +244,8 @@ def cmd_probe(args) -> int:
     if not sizes:
         raise UserError(f"--max-bytes {args.max_bytes}: the smallest allreduce is 1024 bytes")
     worker = [sys.executable, "-m", PROBE, "--sizes", ",".join(map(str, sizes))]
+    if args.out:
+        worker += ["--out", str(Path(args.out).resolve())]
     # Not "--log": horovodrun would take it for its own --log-level.
     return launcher.run_processes(args.np, worker + (["--mlflow"] if args.log else []), args.controller)
 

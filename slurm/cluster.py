@@ -36,6 +36,16 @@ class Partition:
         "extra sbatch options for this partition, e.g. {constraint: turing}"))
     max_requeues: int = field(default=DEFAULT_MAX_REQUEUES, metadata=doc(
         "requeues (preemptions, time limits) after which a job ends FAILED instead; 0..1000"))
+    # The communication model's links (harness scale --predict); 0 = unknown.  `harness probe`
+    # measures them: on one node for intra, with one process on each of two nodes for inter.
+    intra_node_GBps: float = field(default=0.0, metadata=doc(
+        "allreduce bus bandwidth among one node's GPUs, GB/s (0: unknown)"))
+    inter_node_GBps: float = field(default=0.0, metadata=doc(
+        "allreduce bus bandwidth between nodes over the network, GB/s (0: unknown)"))
+    intra_node_latency_us: float = field(default=0.0, metadata=doc(
+        "latency of one ring step inside a node, microseconds"))
+    inter_node_latency_us: float = field(default=0.0, metadata=doc(
+        "latency of one ring step between nodes, microseconds"))
 
     def __post_init__(self):
         if self.launch not in LAUNCH_METHODS:
@@ -44,6 +54,10 @@ class Partition:
             raise FieldError("max_time", self.max_time, "use HH:MM:SS or D-HH:MM:SS")
         if not 0 <= self.max_requeues <= 1000:
             raise FieldError("max_requeues", self.max_requeues, "use 0..1000")
+        for name in ("intra_node_GBps", "inter_node_GBps", "intra_node_latency_us",
+                     "inter_node_latency_us"):
+            if not 0 <= getattr(self, name) < 1e4:
+                raise FieldError(name, getattr(self, name), "use a number >= 0 (0: unknown)")
 
     @property
     def max_seconds(self) -> int:

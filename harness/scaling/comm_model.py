@@ -1,4 +1,4 @@
-"""A ring-allreduce model of data-parallel step time, to explain a scaling gap.
+"""A ring-allreduce model of data-parallel step time, flat and hierarchical.
 
 Per step, each process computes its gradients (``compute_s``, the 1-process
 step time) and the ranks sum them with a ring allreduce, which moves
@@ -7,6 +7,18 @@ by ``harness probe`` (the nccl-tests convention: bus bandwidth = algorithm
 bandwidth x 2(N-1)/N), the allreduce takes 2(N-1)/N x bytes / bus_bw.
 Without overlap the step is compute + allreduce; with perfect overlap
 (Horovod starts reducing while backprop still runs) it is their maximum.
+
+Across nodes the allreduce is hierarchical (NCCL's and Horovod's
+HOROVOD_HIERARCHICAL_ALLREDUCE): a reduce-scatter and an all-gather among the
+g GPUs of each node over the intra-node bus (PCIe through the host on cards
+without peer-to-peer), and between them a ring over the k nodes' network:
+
+    t = 2(g-1)/g x B / bw_intra + 2(g-1) a_intra  +  2(k-1)/k x B / bw_inter + 2(k-1) a_inter
+
+B the gradient bytes, a the per-message latency of each ring step.  With k = 1 it is the flat
+ring inside a node, with g = 1 the flat ring over the network.  What it leaves out: contention
+between the g local ranks for the host's memory bandwidth beyond what bw_intra measured, and
+compute that slows when N grows (the ``overhead_s`` term holds what a sweep measured of it).
 """
 from __future__ import annotations
 
@@ -21,17 +33,51 @@ def allreduce_seconds(nbytes: float, n: int, bus_bw: float) -> float:
 
 
 @dataclass(frozen=True)
+class Layout:
+    nodes: int
+    per_node: int
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * self.per_node
+
+    def __str__(self) -> str:
+        return f"{self.nodes} node{'s' if self.nodes > 1 else ''} x {self.per_node}"
+
+
+@dataclass(frozen=True)
+class Links:
+    """Bus bandwidths (B/s) and per-message latencies (s) inside a node and between nodes."""
+    intra_bw: float
+    inter_bw: float
+    intra_latency: float = 0.0
+    inter_latency: float = 0.0
+    sources: tuple = ()  # ("intra: measured by ...", "inter: profile lars (ASSUMPTION)")
+
+
+def hierarchical_allreduce_seconds(nbytes: float, layout: Layout, links: Links) -> float:
+    """Two-level ring allreduce of ``nbytes`` at ``layout``: the node phase plus the network phase."""
+    g, k = layout.per_node, layout.nodes
+    intra = 0.0 if g <= 1 else (ring_factor(g) * nbytes / links.intra_bw
+                                + 2 * (g - 1) * links.intra_latency)
+    inter = 0.0 if k <= 1 else (ring_factor(k) * nbytes / links.inter_bw
+                                + 2 * (k - 1) * links.inter_latency)
+    return intra + inter
+
+
+@dataclass(frozen=True)
 class Prediction:
     compute_s: float
     allreduce_s: float
+    overhead_s: float = 0.0  # per-step cost of running distributed that is not the allreduce
 
     @property
     def step_serial_s(self) -> float:
-        return self.compute_s + self.allreduce_s
+        return self.compute_s + self.overhead_s + self.allreduce_s
 
     @property
     def step_overlap_s(self) -> float:
-        return max(self.compute_s, self.allreduce_s)
+        return max(self.compute_s + self.overhead_s, self.allreduce_s)
 
     @property
     def efficiency(self) -> float:
@@ -43,8 +89,27 @@ class Prediction:
         return self.compute_s / self.step_overlap_s
 
 
-def predict(compute_s: float, gradient_bytes: float, n: int, bus_bw: float) -> Prediction:
-    return Prediction(compute_s, allreduce_seconds(gradient_bytes, n, bus_bw))
+def predict(compute_s: float, gradient_bytes: float, n: int, bus_bw: float,
+            overhead_s: float = 0.0) -> Prediction:
+    """Flat ring over ``n`` ranks at one bus bandwidth (as a sweep measured it at that size)."""
+    return Prediction(compute_s, allreduce_seconds(gradient_bytes, n, bus_bw),
+                      overhead_s if n > 1 else 0.0)
+
+
+def predict_layout(compute_s: float, gradient_bytes: float, layout: Layout, links: Links,
+                   overhead_s: float = 0.0) -> Prediction:
+    return Prediction(compute_s, hierarchical_allreduce_seconds(gradient_bytes, layout, links),
+                      overhead_s if layout.processes > 1 else 0.0)
+
+
+def measured_overhead(step_s: float, compute_s: float, allreduce_s: float) -> float:
+    """What an N-process step took beyond the 1-process compute and the timed allreduce.
+
+    On GPU nodes a spare core drives the communication and this is near zero.  On a CPU the
+    framework's own threads (Horovod's background loop, MPI progress) share the cores with the
+    compute, and it is what separates a measured efficiency from the pure communication model.
+    """
+    return max(0.0, step_s - compute_s - allreduce_s)
 
 
 def diagnose(measured: float, predicted: Prediction, gpu_util_mean: float | None = None) -> str:

@@ -46,6 +46,25 @@ class SweepPlan:
     layout: str
     cluster: str
     sbatch: dict = field(default_factory=dict)  # --sbatch options for every size's job
+    predict: bool = False  # validate the model at each size and forecast the whole partition
+    probes: tuple = ()  # `harness probe --out` files: measured links
+    overhead_ms: float = 0.0  # per-step runtime overhead the model adds at N>1
+
+
+def size_layouts(plan: SweepPlan, spec: JobSpec) -> dict:
+    """Where each size runs: one machine locally; the partition's nodes as the plan lays them out."""
+    if plan.local:
+        return {n: comm_model.Layout(1, n) for n in plan.sizes}
+    from slurm.cluster import load_cluster
+    _, part = load_cluster(plan.cluster).partition(spec.resources.partition)
+    layouts = {}
+    for n in plan.sizes:
+        try:
+            layouts[n] = comm_model.Layout(*scaling.layout(n, part.gpus_per_node, part.nodes,
+                                                           plan.layout))
+        except ValueError as e:
+            raise UserError(f"--gpus {n}: {e}") from None
+    return layouts
 
 
 def size_overrides(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str) -> list[str]:
@@ -69,11 +88,8 @@ def submit_size(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict
     from slurm.submit import prepare, queue_script
     from tracking.run import submission_facts
     cluster = load_cluster(plan.cluster)
-    _, part = cluster.partition(spec.resources.partition)
-    try:
-        nodes, per_node = scaling.layout(n, part.gpus_per_node, part.nodes, plan.layout)
-    except ValueError as e:
-        raise UserError(f"--gpus {n}: {e}") from None
+    where = size_layouts(replace(plan, sizes=[n]), spec)[n]
+    nodes, per_node = where.nodes, where.per_node
     overrides = size_overrides(plan, spec, n, sweep_id) + [
         f"resources.nodes={nodes}", f"resources.gpus_per_node={per_node}"]
     sized = load_spec(plan.spec_path, overrides)
@@ -179,6 +195,9 @@ def sweep(plan: SweepPlan) -> int:
     from tracking.mlflow_tracker import MlflowClient
     from tracking.run import check_reachable, create_run, start_run, tracking_uri
     spec = load_spec(plan.spec_path, plan.overrides)
+    layouts = size_layouts(plan, spec)  # a size that does not fit fails before anything runs
+    if plan.predict:
+        check_prediction_inputs(plan, spec)
     check_reachable(spec)
     uri = tracking_uri()
     sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -196,6 +215,9 @@ def sweep(plan: SweepPlan) -> int:
         results = {n: collect(client, children[n], n) for n in plan.sizes}
         rows, predictions = rows_with_model(results, spec.training.batch_size)
         report(parent, spec, rows, predictions, results)
+        if plan.predict:
+            from harness.scaling import prediction_run
+            prediction_run.after_sweep(plan, spec, parent, rows, results, layouts)
         parent.finish("FINISHED")
         print(f"scale: parent run {parent.run_id} with {len(children)} child runs; CSV and plots "
               "logged", flush=True)
@@ -206,6 +228,17 @@ def sweep(plan: SweepPlan) -> int:
     except BaseException as e:
         parent.finish("FAILED", f"{type(e).__name__}: {e}"[:500])
         raise
+
+
+def check_prediction_inputs(plan: SweepPlan, spec: JobSpec) -> None:
+    """What --predict needs, checked before a job is queued: N=1, the probes, the partition."""
+    from harness.scaling import prediction_run
+    if 1 not in plan.sizes:
+        raise UserError(f"--gpus {','.join(map(str, plan.sizes))}: --predict needs 1 among the "
+                        "sizes (the one-process step time), or --step-ms / --from-run on its own")
+    prediction_run.predict.check_basis(None, plan.overhead_ms)
+    prediction_run.probe_links(plan.probes)
+    prediction_run.target_partition(plan.cluster, spec)
 
 
 def sweep_params(plan: SweepPlan, spec: JobSpec) -> dict:

@@ -113,14 +113,20 @@ start() {
         return 0
     fi
     slurmctld -c -f "$SLURM_CONF"
+    local i=0 cores
+    cores=$(nproc)
     for node in "${NODES[@]}"; do
         mkdir -p "$STATE/d/$node"
+        # Each node gets its own core (its slurmd and every task it starts inherit the affinity),
+        # as real nodes do: without it a 1-process job has both cores and a 2-node job shares
+        # them, and scaling measured here would show contention no cluster has.
+        local core=$((i % cores)); i=$((i + 1))
         # Own network and host name: MPI, Horovod and the telemetry see two hosts.  nsenter, not
         # `ip netns exec`: that remounts /sys without the cgroup mounts slurmd needs.
         # Both nodes share /tmp, where SLURM's PMIx plugin makes per-step folders with the same
         # names: each node gets its own folder, bind-mounted in a private mount namespace.
         mkdir -p "$STATE/pmix-$node" "$PMIX_DIR"
-        nsenter --net="/run/netns/$node" unshare --uts --mount --propagation private \
+        taskset -c "$core" nsenter --net="/run/netns/$node" unshare --uts --mount --propagation private \
             sh -c "mount --bind $STATE/pmix-$node $PMIX_DIR && mount --bind $STATE/hosts /etc/hosts &&
                    hostname $node &&
                    slurmd -f $SLURM_CONF -N $node" \
