@@ -80,7 +80,7 @@ def build_parser() -> OneLineParser:
                    help="the job to sweep (default jobs/synthetic.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field (repeatable)")
-    p.add_argument("--gpus", default="1,2,4,8", help="sizes to run, e.g. 1,2,4,8 (default)")
+    p.add_argument("--gpus", default=None, help="sizes to run, e.g. 1,2,4,8 (default)")
     p.add_argument("--layout", default="auto", choices=["auto", "packed", "spread"],
                    help="on SLURM: fill few nodes (packed, auto) or one GPU per node (spread)")
     p.add_argument("--repeats", type=int, default=5, help="timing windows (epochs) per size after "
@@ -92,14 +92,16 @@ def build_parser() -> OneLineParser:
                    help="predict throughput and efficiency up to the whole partition, packed and "
                         "spread, with and without fp16 allreduce; checked at every measured size")
     p.add_argument("--step-ms", type=float, default=None,
-                   help="with --predict: one process's step time in ms; predict without a sweep")
+                   help="with --predict: one process's step time in ms; without --gpus, predict "
+                        "without a sweep; with --gpus, the sizes need not include 1")
     p.add_argument("--from-run", default="",
-                   help="with --predict: take the step time from this earlier 1-process run")
+                   help="with --predict: one process's step time from this earlier 1-process "
+                        "run (a sweep's N=1 child run, or a `harness run --np 1`)")
     p.add_argument("--probe", dest="probes", action="append", default=[], metavar="FILE",
                    help="with --predict: links measured by `harness probe --out FILE` (repeatable)")
-    p.add_argument("--overhead-ms", type=float, default=0.0,
-                   help="with --predict: per-step runtime overhead at N>1 that a sweep measured "
-                        "(default 0, as on GPU nodes)")
+    p.add_argument("--comm-floor-ms", type=float, default=0.0,
+                   help="with --predict: the least a distributed step spends beyond its compute, "
+                        "as a sweep measured it (default 0, near it on GPU nodes)")
     _sbatch_arg(p)
 
     p = verbs.add_parser("probe", help="hosts, GPUs, versions, Horovod build, allreduce bandwidth")
@@ -207,30 +209,34 @@ def cmd_status(args) -> int:
 
 def cmd_scale(args) -> int:
     from slurm import options as sbatch_options
+    from harness.scaling import prediction_run
     from harness.scaling import stats as scaling
     from harness.scaling.sweep import SweepPlan, sweep
+    from harness.spec.loader import load_spec
+    gpus = args.gpus or "1,2,4,8"
     try:
-        sizes = scaling.parse_sizes(args.gpus)
+        sizes = scaling.parse_sizes(gpus)
     except ValueError as e:
-        raise UserError(f"--gpus {args.gpus!r}: {str(e)!r} is not a positive integer; "
+        raise UserError(f"--gpus {gpus!r}: {str(e)!r} is not a positive integer; "
                         "use a list like 1,2,4,8") from None
     if args.local and max(sizes) > 64:
-        raise UserError(f"--gpus {args.gpus}: at most 64 local processes")
+        raise UserError(f"--gpus {gpus}: at most 64 local processes")
     if not 2 <= args.repeats <= 1000:
         raise UserError(f"--repeats {args.repeats}: use 2..1000 timing windows (a CI needs two)")
     overrides = args.overrides + ([f"resources.partition={args.partition}"] if args.partition else [])
-    predict_only = args.step_ms is not None or bool(args.from_run)
-    if (predict_only or args.probes or args.overhead_ms) and not args.predict:
-        raise UserError("--step-ms, --from-run, --probe and --overhead-ms go with --predict")
-    if predict_only:
-        from harness.scaling import prediction_run
-        from harness.spec.loader import load_spec
+    given_step = args.step_ms is not None or bool(args.from_run)
+    if (given_step or args.probes or args.comm_floor_ms) and not args.predict:
+        raise UserError("--step-ms, --from-run, --probe and --comm-floor-ms go with --predict")
+    if given_step and args.gpus is None:  # nothing to measure: the forecast alone
         return prediction_run.standalone(load_spec(args.spec, overrides), args.cluster,
-                                         args.step_ms, args.from_run, args.probes, args.overhead_ms)
+                                         args.step_ms, args.from_run, args.probes, args.comm_floor_ms)
+    one_step_s, source = (prediction_run.one_step(load_spec(args.spec, overrides), args.step_ms,
+                                                  args.from_run) if given_step else (None, ""))
     layout = "packed" if args.layout == "auto" else args.layout
     extra = sbatch_options.parse_cli(args.sbatch)
     return sweep(SweepPlan(args.spec, overrides, sizes, args.repeats, args.local, layout,
-                           args.cluster, extra, args.predict, tuple(args.probes), args.overhead_ms))
+                           args.cluster, extra, args.predict, one_step_s, source,
+                           tuple(args.probes), args.comm_floor_ms))
 
 
 def cmd_probe(args) -> int:

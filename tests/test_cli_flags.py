@@ -14,8 +14,8 @@ EXPECTED = {
                "--sbatch", "--dry-run", "--resume"},
     "status": {"job_id"},
     "scale": {"spec", "--set", "--gpus", "--layout", "--repeats", "--local", "--partition", "--cluster",
-              "--sbatch"},
-    "probe": {"--np", "--controller", "--max-bytes", "--log"},
+              "--sbatch", "--predict", "--step-ms", "--from-run", "--probe", "--comm-floor-ms"},
+    "probe": {"--np", "--controller", "--max-bytes", "--log", "--out"},
     "report": {"run_id"},
     "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth", "--allow-host"},
     "tracking import": {"file"},
@@ -37,3 +37,4 @@ def _flags(parser) -> dict:
 def test_cli_flag_set_is_pinned():
     found = {k: v for k, v in _flags(build_parser()).items() if k and k != "tracking"}
     assert found == EXPECTED
+

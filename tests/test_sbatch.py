@@ -159,3 +159,15 @@ def test_mpirun_launch_follows_horovods_mpi_guide(tmp_path):
     launch = shlex.split(next(line for line in script.splitlines() if line.startswith("mpirun ")))
     assert launch[:8] == ["mpirun", "-np", "12", "--bind-to", "none", "--map-by", "slot",
                           "/opt/h/.venv/bin/python"]
+
+
+def test_mpi_yields_the_core_on_a_cpu_partition_only():
+    """CPU ranks share their cores with Open MPI's progress loop: it must yield, not spin."""
+    lars = load_cluster("lars")
+    spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml")
+    gpu = render_sbatch(spec, lars, Path("/opt/h"), Path("/l"))
+    cpu_only = dataclasses.replace(lars, partitions={
+        name: dataclasses.replace(part, gres=False) for name, part in lars.partitions.items()})
+    cpu = render_sbatch(spec, cpu_only, Path("/opt/h"), Path("/l"))
+    assert "export OMPI_MCA_mpi_yield_when_idle=1" in cpu
+    assert "OMPI_MCA_mpi_yield_when_idle" not in gpu

@@ -287,3 +287,17 @@ def test_nvml_session_says_none_without_a_driver_and_always_shuts_down():
         with nvml_session.session(lambda: Counting()) as nvml:
             raise RuntimeError("a reader failed")
     assert Counting.shutdowns == 1
+
+
+def test_only_rank_0_reads_the_run_parameters_from_nvml():
+    from harness.runtime.distributed import ProcessContext
+    from harness.runtime.session import derived_params
+    from harness.spec.loader import load_spec
+    from conftest import REPO
+    from slurm.environment import SlurmEnvironment
+    spec = load_spec(REPO / "jobs" / "synthetic.yaml")
+    ctx = dict(size=4, local_size=2, device="CPU", slurm=SlurmEnvironment.from_env(), hosts=("a",))
+    assert derived_params(spec, ProcessContext(rank=1, local_rank=1, **ctx)) == {}
+    chief = derived_params(spec, ProcessContext(rank=0, local_rank=0, **ctx))
+    assert chief["lr.scaled"] == 4 * spec.training.learning_rate  # linear scaling at 4 processes
+    assert chief["gpu_models"] == "none" and chief["cpus.per_process"] >= 1  # no GPU here

@@ -268,3 +268,10 @@ def test_serve_beyond_loopback_answers_its_names_and_still_refuses_others(tmp_pa
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_report_without_a_database_says_so_and_creates_none(workdir):
+    done = run_cli("report", "0123456789abcdef", cwd=workdir)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "run '0123456789abcdef': not found: no tracking database" in done.stderr
+    assert not (workdir / "mlflow.db").exists()

@@ -14,12 +14,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 
+def human_epoch(step) -> int:
+    """MLflow's step (and the history's "epoch") counts from 0; a person reads from 1."""
+    return int(step) + 1
+
+
 def loss_curve_png(history: Sequence[dict], path: Path, title: str = "",
                    marks: Optional[Mapping] = None) -> Path:
     """Training and validation loss against epoch (from 1), the gap shaded, and from the verdict
     (``marks``: best_epoch, onset_epoch, kind) the best epoch marked and the overfitting or
     plateau stretch shaded."""
-    epochs = [h["epoch"] + 1 for h in history]
+    epochs = [human_epoch(h["epoch"]) for h in history]
     loss = [h["loss"] for h in history]
     val = [h.get("val_loss", float("nan")) for h in history]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -85,7 +90,7 @@ def html_report(name: str, history: Sequence[dict], final: Mapping, verdict: str
     """One HTML file with everything inline (MLflow's artifact viewer shows it as is)."""
     image = base64.b64encode(Path(png).read_bytes()).decode()
     keys = ["epoch"] + sorted({k for h in history for k in h} - {"epoch"})
-    history = [{**h, "epoch": h["epoch"] + 1} for h in history]  # a person counts from 1
+    history = [{**h, "epoch": human_epoch(h["epoch"])} for h in history]
     figures = "".join(f"<li><b>{html.escape(k)}</b>: {_fmt(v)}</li>" for k, v in final.items())
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:13px}}
@@ -154,7 +159,7 @@ def terminal_summary(name: str, history: Sequence[dict], final: Mapping, verdict
     cols = ["loss", "val_loss", "generalization_gap", "throughput/samples_per_sec"]
     lines.append(f"{'epoch':>6}  " + "  ".join(f"{c.split('/')[0]:>18}" for c in cols))
     for h in history:
-        epoch = h["epoch"] + 1
+        epoch = human_epoch(h["epoch"])
         note = ("  <- best" if epoch == marks.get("best_epoch") else
                 f"  {marks['kind']}" if marks.get("onset_epoch") and epoch >= marks["onset_epoch"]
                 and marks.get("kind") in ("overfitting", "plateau") else "")

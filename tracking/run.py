@@ -20,6 +20,17 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def reading_client(what: str):
+    """A client for reading runs back; a local SQLite file that does not exist is an error naming
+    ``what`` (opening it would create an empty database, and MLflow would log its migrations)."""
+    from tracking.mlflow_tracker import MlflowClient
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"{what}: not found: no tracking database {uri.removeprefix('sqlite:///')}; "
+                        "set MLFLOW_TRACKING_URI to the server or file that holds it")
+    return MlflowClient(uri)
+
+
 def check_reachable(spec: JobSpec) -> bool:
     """False (or exit 2 when tracking is required) if the tracking server cannot be reached."""
     uri = tracking_uri()

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from harness.errors import UserError
-from tracking.report import terminal_summary
-from tracking.run import tracking_uri
+from tracking.report import human_epoch, terminal_summary
+from tracking.run import reading_client, tracking_uri
 
 EPOCH_KEYS = ("loss", "val_loss", "generalization_gap", "accuracy", "val_accuracy",
               "throughput/samples_per_sec", "time/epoch_s")
@@ -25,8 +25,7 @@ def _epoch(value):
 
 
 def print_report(run_id: str) -> int:
-    from tracking.mlflow_tracker import MlflowClient
-    client = MlflowClient(tracking_uri())
+    client = reading_client(f"run {run_id!r}")
     try:
         run = client.get_run(run_id)
     except Exception as e:
@@ -71,4 +70,5 @@ def job_progress(rec: dict, job_id: str) -> str:
         return f"run {run.info.run_id[:8]} {run.info.status}, no epoch finished yet"
     step = max(m.step for m in history)
     values = "  ".join(f"{k} {run.data.metrics[k]:.4f}" for k in SHOWN_METRICS if k in run.data.metrics)
-    return f"run {run.info.run_id[:8]} {run.info.status}: epoch {step + 1}/{rec.get('epochs', '?')}  {values}"
+    epoch = f"{human_epoch(step)}/{rec.get('epochs', '?')}"
+    return f"run {run.info.run_id[:8]} {run.info.status}: epoch {epoch}  {values}"

@@ -80,14 +80,20 @@ def record_job_file(spec: JobSpec, ctx, tracker) -> None:
 
 
 def derived_params(spec: JobSpec, ctx) -> dict:
-    """Parameters only the runtime knows: the scaled rate, the GPUs and their driver."""
+    """Parameters only the runtime knows: the scaled rate, the GPUs and their driver (rank 0's
+    run records them; the other ranks skip the NVML reads)."""
+    if not ctx.is_chief:
+        return {}
     t = spec.training
+    with nvml.session() as lib:  # one NVML session for both reads
+        names = nvml.gpu_names(lib) if lib else []
+        drivers = nvml.driver_versions(lib) if lib else {}
     return {"lr.scaled": scaled_rate(t.learning_rate, t.lr_scaling, ctx.size),
             # The CPUs rank 0 may really run on (srun's binding), next to the threads it was given.
             "cpus.per_process": len(os.sched_getaffinity(0)),
             "cpus.omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
-            "gpu_models": ",".join(nvml.gpu_names()) or "none",
-            **{f"version.{k}": v for k, v in nvml.driver_versions().items()}}
+            "gpu_models": ",".join(names) or "none",
+            **{f"version.{k}": v for k, v in drivers.items()}}
 
 
 def measure_communication(spec: JobSpec, outcome, tracker) -> None:

@@ -84,7 +84,6 @@ def resolve(profile: dict, probes: list[dict], sweep: Optional[dict] = None,
             f"{missing[0]}_node_GBps: unknown for this partition; add it to the cluster profile, "
             f"or pass --probe FILE from `harness probe --out FILE` "
             f"{'on one node' if missing[0] == 'intra' else 'with one process on each of two nodes'}")
-    (intra_bw, intra_lat, intra_src), (inter_bw, inter_lat, inter_src) = best["intra"], best["inter"]
+    (intra_bw, intra_lat, _), (inter_bw, inter_lat, _) = best["intra"], best["inter"]
     return Links(intra_bw, inter_bw, intra_lat, inter_lat,
-                 (f"intra-node {intra_bw / GB:.3g} GB/s ({intra_src})",
-                  f"inter-node {inter_bw / GB:.3g} GB/s ({inter_src})"))
+                 tuple(f"{k}-node {best[k][0] / GB:.3g} GB/s ({best[k][2]})" for k in kinds))

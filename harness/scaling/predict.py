@@ -3,7 +3,7 @@
 Inputs: one process's step time and the model's gradient bytes (a sweep's N=1, an earlier
 1-process run, or ``--step-ms``), the links (measured by the sweep itself, by ``harness probe``,
 or the cluster profile's fields, in that order, each named with its source) and the per-step
-runtime overhead (``--overhead-ms``, which a sweep measures).  Outputs: a table, a plot and a
+communication floor (``--comm-floor-ms``, which a sweep measures).  Outputs: a table, a plot and a
 CSV, MLflow metrics (step = N), and a recommendation drawn from those numbers.
 """
 from __future__ import annotations
@@ -58,14 +58,14 @@ def layout_for(n: int, nodes: int, gpus_per_node: int, packing: str) -> Optional
 
 
 def partition_points(basis: Basis, links: Links, nodes: int, gpus_per_node: int,
-                     overhead_s: float = 0.0) -> list[Point]:
+                     floor_s: float = 0.0) -> list[Point]:
     points = []
     for n in range(1, nodes * gpus_per_node + 1):
         for packing in PACKINGS:
             layout = layout_for(n, nodes, gpus_per_node, packing)
             for fp16 in (False, True):
                 nbytes = basis.gradient_bytes / (2 if fp16 else 1)
-                p = predict_layout(basis.step_s, nbytes, layout, links, overhead_s)
+                p = predict_layout(basis.step_s, nbytes, layout, links, floor_s)
                 points.append(Point(n, layout, packing, fp16, p, basis.batch))
     return points
 
@@ -101,7 +101,7 @@ def recommend(points: list[Point], gpus_per_node: int) -> str:
                   default=1)
     parts = [f"up to {in_node} GPU{'s' if in_node > 1 else ''} in one node: "
              f"~{packed[in_node].efficiency:.0%}"]
-    across = [n for n in packed if n > gpus_per_node]
+    across = [n for n in packed if n > gpus_per_node and n % gpus_per_node == 0]  # whole nodes
     if across:
         fair = max((n for n in across if packed[n].efficiency >= FAIR), default=None)
         fair16 = max((n for n in across if packed16[n].efficiency >= FAIR), default=None)
@@ -161,8 +161,8 @@ def as_metrics(point: Point) -> dict:
             f"predict/samples_per_sec_{suffix}": point.samples_per_s}
 
 
-def check_basis(step_ms: Optional[float], overhead_ms: float) -> None:
+def check_basis(step_ms: Optional[float], floor_ms: float) -> None:
     if step_ms is not None and not 0 < step_ms < 1e7:
         raise UserError(f"--step-ms {step_ms}: give one process's step time in milliseconds, > 0")
-    if not 0 <= overhead_ms < 1e7:
-        raise UserError(f"--overhead-ms {overhead_ms}: use milliseconds >= 0")
+    if not 0 <= floor_ms < 1e7:
+        raise UserError(f"--comm-floor-ms {floor_ms}: use milliseconds >= 0")

@@ -15,10 +15,11 @@ from typing import Optional
 
 from harness.errors import UserError
 from harness.scaling import comm_model, links as link_sources, predict
-from harness.scaling.comm_model import Layout
 from harness.spec.schema import JobSpec
 
-TOLERANCE = 0.10  # measured vs predicted efficiency, absolute: what the two-node test holds it to
+# Measured vs predicted efficiency, absolute.  The same 2-process run on the shaped two-node test
+# cluster measured 16% to 26% efficiency over four runs: a closer check would test the noise.
+TOLERANCE = 0.15
 
 
 def target_partition(cluster_name: str, spec: JobSpec):
@@ -32,15 +33,15 @@ def probe_links(paths) -> list[dict]:
     return [link_sources.from_probe(Path(p)) for p in paths]
 
 
-def partition_forecast(basis: predict.Basis, links, part, label: str, overhead_s: float,
+def partition_forecast(basis: predict.Basis, links, part, label: str, floor_s: float,
                        tracker, title: str, measured: Optional[dict] = None) -> str:
     """Table, recommendation, plot and CSV for the whole partition; logged to ``tracker``."""
-    points = predict.partition_points(basis, links, part.nodes, part.gpus_per_node, overhead_s)
+    points = predict.partition_points(basis, links, part.nodes, part.gpus_per_node, floor_s)
     total = part.nodes * part.gpus_per_node
     print(f"predict: {label}, {part.nodes} nodes x {part.gpus_per_node} GPUs; one process "
           f"{basis.step_s * 1e3:.1f} ms per step ({basis.source}), "
           f"{basis.gradient_bytes / 1e6:.2f} MB of float32 gradients, "
-          f"runtime overhead {overhead_s * 1e3:.1f} ms per step at N>1", flush=True)
+          f"communication floor {floor_s * 1e3:.1f} ms per step at N>1", flush=True)
     print("predict: links: " + "; ".join(links.sources), flush=True)
     print(predict.table(points, part.gpus_per_node), flush=True)
     advice = predict.recommend(points, part.gpus_per_node)
@@ -55,23 +56,22 @@ def partition_forecast(basis: predict.Basis, links, part, label: str, overhead_s
     return advice
 
 
-def validate(rows, results, layouts: dict, basis: predict.Basis, links, overhead_s: float,
-             tracker) -> dict:
+def validate(rows, basis: predict.Basis, layouts: dict, links, floor_s: float, tracker) -> dict:
     """Measured against predicted efficiency at every measured size above one; {N: error}."""
     errors = {}
     for row in rows:
         if row.processes == 1:
             continue
         layout = layouts[row.processes]
-        p = comm_model.predict_layout(basis.step_s, basis.gradient_bytes, layout, links, overhead_s)
+        p = comm_model.predict_layout(basis.step_s, basis.gradient_bytes, layout, links, floor_s)
         error = row.efficiency - p.efficiency
         errors[row.processes] = error
         verdict = "within" if abs(error) <= TOLERANCE else "OUTSIDE"
         bounds = (f" (95% bounds {row.efficiency_low:.0%}..{row.efficiency_high:.0%})"
                   if row.efficiency_low == row.efficiency_low else "")
         print(f"validate: N={row.processes} ({layout}): measured {row.efficiency:.0%}{bounds}, "
-              f"predicted {p.efficiency:.0%} (step {p.compute_s * 1e3:.1f} + "
-              f"{p.overhead_s * 1e3:.1f} overhead + {p.allreduce_s * 1e3:.1f} allreduce ms): "
+              f"predicted {p.efficiency:.0%} (compute {p.compute_s * 1e3:.1f} ms + the larger of "
+              f"floor {p.floor_s * 1e3:.1f} and allreduce {p.allreduce_s * 1e3:.1f} ms): "
               f"error {error * 100:+.0f} points, {verdict} the +-{TOLERANCE * 100:.0f} tolerance",
               flush=True)
         tracker.log_metrics({"scale/model_efficiency": p.efficiency,
@@ -79,43 +79,58 @@ def validate(rows, results, layouts: dict, basis: predict.Basis, links, overhead
     return errors
 
 
-def overheads(rows, results, basis: predict.Basis) -> dict:
-    """Per-step runtime overhead at each measured N>1, from its step time and timed allreduce."""
+def floors(rows, results, basis: predict.Basis) -> dict:
+    """The communication floor each measured N>1 shows (None where its allreduce dominated)."""
     found = {}
     for row in rows:
         m = results[row.processes].metrics
         if row.processes > 1 and "comm/allreduce_s" in m:
             step = basis.batch / row.per_process
-            found[row.processes] = comm_model.measured_overhead(step, basis.step_s,
-                                                                m["comm/allreduce_s"])
+            found[row.processes] = comm_model.measured_floor(step, basis.step_s,
+                                                             m["comm/allreduce_s"])
     return found
 
 
+def results_rate(rows, n: int) -> float:
+    return next(r.throughput.mean for r in rows if r.processes == n)
+
+
+def report_floors(found: dict, parent) -> None:
+    for n, seconds in found.items():
+        if seconds is None:
+            print(f"comm floor: N={n}: not measurable, the allreduce is most of the step", flush=True)
+            continue
+        print(f"comm floor: N={n}: {seconds * 1e3:.1f} ms per step beyond the compute while the "
+              "timed allreduce is far less (pass --comm-floor-ms to model it; near 0 on GPU nodes)",
+              flush=True)
+        parent.log_metrics({"scale/comm_floor_s": seconds}, step=n)
+
+
 def after_sweep(plan, spec: JobSpec, parent, rows, results, layouts: dict) -> None:
-    """The sweep's measurements -> overhead, validation, and the partition's forecast."""
-    one = results[1].metrics
-    basis = predict.Basis(spec.training.batch_size / rows[0].throughput.mean,
-                          one["model/trainable_parameters"] * 4, spec.training.batch_size,
-                          "measured: this sweep's N=1")
-    for n, seconds in overheads(rows, results, basis).items():
-        print(f"overhead: N={n}: {seconds * 1e3:.1f} ms per step beyond compute and the timed "
-              "allreduce (pass it to --overhead-ms to model it; about 0 on GPU nodes)", flush=True)
-        parent.log_metrics({"scale/overhead_s": seconds}, step=n)
+    """The sweep's measurements -> the communication floor, validation, and the partition's forecast."""
+    batch = spec.training.batch_size
+    weights = next(iter(results.values())).metrics["model/trainable_parameters"]
+    if plan.one_step_s:
+        basis = predict.Basis(plan.one_step_s, weights * 4, batch, plan.one_step_source)
+    else:
+        basis = predict.Basis(batch / results_rate(rows, 1), weights * 4, batch,
+                              "measured: this sweep's N=1")
+    report_floors(floors(rows, results, basis), parent)
     label, part = target_partition(plan.cluster, spec)
     probes = probe_links(plan.probes)
     measured_bw = {layouts[n]: r.metrics["comm/busbw_GBps"] for n, r in results.items()
                    if r.metrics.get("comm/busbw_GBps")}
     profile = link_sources.from_profile(part, label)
     sweep_links = link_sources.from_sweep(measured_bw)
-    overhead_s = plan.overhead_ms / 1e3
+    floor_s = plan.comm_floor_ms / 1e3
     check = link_sources.resolve(profile, probes, sweep_links,
                                  _kinds_in(layouts.values()))
-    validate(rows, results, layouts, basis, check, overhead_s, parent)
+    validate(rows, basis, layouts, check, floor_s, parent)
     # A local sweep measured this machine, not the partition's nodes: its links stay out.
     kinds = link_sources.needed(part.nodes, part.gpus_per_node)
     target = link_sources.resolve(profile, probes, None if plan.local else sweep_links, kinds)
     measured = None if plan.local else {r.processes: r.efficiency for r in rows}
-    partition_forecast(basis, target, part, label, overhead_s, parent,
+    partition_forecast(basis, target, part, label, floor_s, parent,
                        f"{spec.name}: predicted on {label}", measured)
 
 
@@ -128,9 +143,8 @@ def _kinds_in(layouts) -> tuple:
 
 def step_from_run(run_id: str) -> tuple[float, int, str]:
     """(step seconds, batch per process, source) from an earlier 1-process run."""
-    from tracking.run import tracking_uri
-    from tracking.mlflow_tracker import MlflowClient
-    client = MlflowClient(tracking_uri())
+    from tracking.run import reading_client, tracking_uri
+    client = reading_client(f"--from-run {run_id}")
     try:
         run = client.get_run(run_id)
     except Exception as e:
@@ -159,25 +173,34 @@ def gradient_bytes_of(spec: JobSpec) -> float:
     return trainable_elements(job.build_model(spec.data)) * 4
 
 
+def one_step(spec: JobSpec, step_ms: Optional[float], from_run: str) -> tuple[float, str]:
+    """(seconds, source) of one process's step: given, or read from an earlier run of this batch."""
+    predict.check_basis(step_ms, 0.0)
+    if not from_run:
+        return step_ms / 1e3, "given (--step-ms)"
+    step_s, batch, source = step_from_run(from_run)
+    if batch != spec.training.batch_size:
+        raise UserError(f"--from-run {from_run}: it trained {batch} samples per step and process, "
+                        f"the spec {spec.training.batch_size}; use a run of the same batch size")
+    return step_s, source
+
+
 def standalone(spec: JobSpec, cluster_name: str, step_ms: Optional[float], from_run: str,
-               probes, overhead_ms: float) -> int:
+               probes, floor_ms: float) -> int:
     """`harness scale SPEC --predict --step-ms X | --from-run ID`: no training, a forecast."""
     from tracking.run import start_run
-    predict.check_basis(step_ms, overhead_ms)
+    predict.check_basis(step_ms, floor_ms)
     label, part = target_partition(cluster_name, spec)
     target = link_sources.resolve(link_sources.from_profile(part, label), probe_links(probes),
                                   None, link_sources.needed(part.nodes, part.gpus_per_node))
-    if from_run:
-        step_s, batch, source = step_from_run(from_run)
-    else:
-        step_s, batch, source = step_ms / 1e3, spec.training.batch_size, "given (--step-ms)"
-    basis = predict.Basis(step_s, gradient_bytes_of(spec), batch, source)
+    step_s, source = one_step(spec, step_ms, from_run)
+    basis = predict.Basis(step_s, gradient_bytes_of(spec), spec.training.batch_size, source)
     tracker = start_run(spec.experiment, f"predict {spec.name} on {label}",
                         {"harness.kind": "scale-prediction"}, spec.spec_path)
     tracker.log_params({"step_s.one_process": f"{step_s:.6g}", "step.source": source,
                         "gradient_bytes.fp32": int(basis.gradient_bytes), "partition": label,
-                        "overhead_s": overhead_ms / 1e3, "links": " ; ".join(target.sources)})
-    partition_forecast(basis, target, part, label, overhead_ms / 1e3, tracker,
+                        "comm_floor_s": floor_ms / 1e3, "links": " ; ".join(target.sources)})
+    partition_forecast(basis, target, part, label, floor_ms / 1e3, tracker,
                        f"{spec.name}: predicted on {label}")
     tracker.finish("FINISHED")
     print(f"predict: logged to {tracker.location}", flush=True)

@@ -74,14 +74,16 @@ class ScaleRow:
         return self.throughput.mean / self.processes
 
 
-def scale_rows(throughputs: dict[int, Interval]) -> list[ScaleRow]:
-    """Speed-up and efficiency against the smallest size (normally 1 process)."""
+def scale_rows(throughputs: dict[int, Interval], baseline: Optional[Interval] = None
+               ) -> list[ScaleRow]:
+    """Speed-up and efficiency against the smallest size (normally 1 process), or against
+    ``baseline``, one process's rate measured earlier (then the sizes need not include 1)."""
     if not throughputs:
         return []
-    base_n = min(throughputs)
-    base = throughputs[base_n].mean / base_n  # per-process rate of the baseline
+    base_n = 1 if baseline else min(throughputs)
+    first = baseline or throughputs[base_n]
+    base = first.mean / base_n  # per-process rate of the baseline
     rows = []
-    first = throughputs[base_n]
     for n in sorted(throughputs):
         t = throughputs[n]
         speedup = t.mean / base if base > 0 else float("nan")

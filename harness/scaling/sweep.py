@@ -8,6 +8,7 @@ communication model (harness.scaling.comm_model) turns into a predicted efficien
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 import tempfile
@@ -47,8 +48,10 @@ class SweepPlan:
     cluster: str
     sbatch: dict = field(default_factory=dict)  # --sbatch options for every size's job
     predict: bool = False  # validate the model at each size and forecast the whole partition
+    one_step_s: Optional[float] = None  # one process's step measured before (--step-ms, --from-run)
+    one_step_source: str = ""
     probes: tuple = ()  # `harness probe --out` files: measured links
-    overhead_ms: float = 0.0  # per-step runtime overhead the model adds at N>1
+    comm_floor_ms: float = 0.0  # the least a distributed step spends beyond its compute
 
 
 def size_layouts(plan: SweepPlan, spec: JobSpec) -> dict:
@@ -99,20 +102,22 @@ def submit_size(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict
     return queue_script(sub, env, dependency)
 
 
-def wait_for_jobs(jobs: dict[int, str], poll_s: float = 10.0) -> None:
+def wait_for_jobs(jobs: dict[int, str], poll_s: float = 2.0, max_poll_s: float = 15.0) -> None:
     """Until every job has left the queue; then each must have COMPLETED."""
     from slurm.status import finished_states, queued_jobs
-    last = {}
+    last, delay = {}, poll_s
     while True:
         queued = queued_jobs()
         states = {n: queued[j]["state"] if j in queued else None for n, j in jobs.items()}
         for n, state in states.items():
             if state and state != last.get(n):
                 print(f"scale: job {jobs[n]} (N={n}) {state}", flush=True)
+        # Quick after a change, then backing off: the next size starts soon after one ends.
+        delay = poll_s if states != last else min(delay * 1.5, max_poll_s)
         last = states
         if not any(states.values()):
             break
-        time.sleep(poll_s)
+        time.sleep(delay)
     states = finished_states(list(jobs.values()))
     for n, job in jobs.items():
         state = states[job]
@@ -134,17 +139,20 @@ def gpu_utilisation(metrics: dict) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def rows_with_model(results: dict[int, SizeResult], batch: int) -> tuple[list, dict]:
-    """The table's rows, with the model's prediction where the allreduce was timed."""
-    rows = scaling.scale_rows({n: scaling.mean_ci(r.windows) for n, r in results.items()})
-    base = rows[0]
-    compute_s = batch / (base.throughput.mean / base.processes)  # one process's step time
+def rows_with_model(results: dict[int, SizeResult], batch: int, one_step_s: Optional[float] = None,
+                    floor_s: float = 0.0) -> tuple[list, dict]:
+    """The table's rows, with the model's prediction where the allreduce was timed.  Efficiency
+    is against the sweep's N=1, or against ``one_step_s`` (one process's step, measured before)."""
+    baseline = scaling.Interval(batch / one_step_s, math.nan, math.nan, 0) if one_step_s else None
+    rows = scaling.scale_rows({n: scaling.mean_ci(r.windows) for n, r in results.items()},
+                              baseline)
+    compute_s = one_step_s or batch / (rows[0].throughput.mean / rows[0].processes)
     predictions = {}
     for i, row in enumerate(rows):
         m = results[row.processes].metrics
         if row.processes > 1 and m.get("comm/busbw_GBps"):
             p = comm_model.predict(compute_s, m["comm/gradient_bytes"], row.processes,
-                                   m["comm/busbw_GBps"] * 1e9)
+                                   m["comm/busbw_GBps"] * 1e9, floor_s)
             predictions[row.processes] = p
             rows[i] = replace(row, predicted_efficiency=p.efficiency,
                               predicted_overlap=p.efficiency_overlap)
@@ -213,7 +221,8 @@ def sweep(plan: SweepPlan) -> int:
                                   parent.run_id) for n in plan.sizes}
         run_sizes(plan, spec, sweep_id, uri, children)
         results = {n: collect(client, children[n], n) for n in plan.sizes}
-        rows, predictions = rows_with_model(results, spec.training.batch_size)
+        rows, predictions = rows_with_model(results, spec.training.batch_size, plan.one_step_s,
+                                            plan.comm_floor_ms / 1e3)
         report(parent, spec, rows, predictions, results)
         if plan.predict:
             from harness.scaling import prediction_run
@@ -233,10 +242,10 @@ def sweep(plan: SweepPlan) -> int:
 def check_prediction_inputs(plan: SweepPlan, spec: JobSpec) -> None:
     """What --predict needs, checked before a job is queued: N=1, the probes, the partition."""
     from harness.scaling import prediction_run
-    if 1 not in plan.sizes:
+    if 1 not in plan.sizes and plan.one_step_s is None:
         raise UserError(f"--gpus {','.join(map(str, plan.sizes))}: --predict needs 1 among the "
-                        "sizes (the one-process step time), or --step-ms / --from-run on its own")
-    prediction_run.predict.check_basis(None, plan.overhead_ms)
+                        "sizes (the one-process step time), or --step-ms / --from-run")
+    prediction_run.predict.check_basis(None, plan.comm_floor_ms)
     prediction_run.probe_links(plan.probes)
     prediction_run.target_partition(plan.cluster, spec)
 

@@ -44,26 +44,30 @@ def device_count() -> int:
         return safe_read(nvml.nvmlDeviceGetCount, 0) if nvml else 0
 
 
-def gpu_names() -> list[str]:
-    """Every GPU's model name, in NVML's order (for the run's parameters)."""
+def _in_session(read: Callable, empty):
     with session() as nvml:
-        if nvml is None:
-            return []
-        return [as_text(safe_read(lambda i=i: nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i)),
-                            "unknown")) for i in range(safe_read(nvml.nvmlDeviceGetCount, 0))]
+        return empty if nvml is None else read(nvml)
 
 
-def driver_versions() -> dict:
+def gpu_names(nvml=None) -> list[str]:
+    """Every GPU's model name, in NVML's order (for the run's parameters); pass an open
+    session to read several things in one."""
+    if nvml is None:
+        return _in_session(gpu_names, [])
+    return [as_text(safe_read(lambda i=i: nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i)),
+                              "unknown")) for i in range(safe_read(nvml.nvmlDeviceGetCount, 0))]
+
+
+def driver_versions(nvml=None) -> dict:
     """{'nvidia_driver': ..., 'cuda_driver': 'X.Y'}, or {} without a driver."""
-    with session() as nvml:
-        if nvml is None:
-            return {}
-        try:
-            cuda = nvml.nvmlSystemGetCudaDriverVersion_v2()
-            return {"nvidia_driver": as_text(nvml.nvmlSystemGetDriverVersion()),
-                    "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}"}
-        except Exception:  # an old driver without the call: the run simply has no versions
-            return {}
+    if nvml is None:
+        return _in_session(driver_versions, {})
+    try:
+        cuda = nvml.nvmlSystemGetCudaDriverVersion_v2()
+        return {"nvidia_driver": as_text(nvml.nvmlSystemGetDriverVersion()),
+                "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}"}
+    except Exception:  # an old driver without the call: the run simply has no versions
+        return {}
 
 
 def memory_used_bytes(nvml, handle) -> int:
