@@ -246,6 +246,11 @@ def test_scale_on_slurm_runs_one_job_per_size_into_child_runs(slurm, workdir):
     by_size = {c.data.tags["scale.processes"]: c for c in children}
     assert sorted(by_size) == ["1", "2"]
     assert {by_size[str(n)].data.tags["slurm.job_id"] for n in (1, 2)} == set(jobs.values())
+    # Each size ran its own frozen spec from epoch 1 (the sizes are queued within one second; once
+    # they shared one frozen spec and N=2 resumed N=1's finished checkpoint).
+    for n, job in jobs.items():
+        log = (workdir / "runs" / "synthetic" / "slurm" / f"synthetic-{job}.out").read_text()
+        assert f"synthetic: {n} process(es) on CPU, starting at epoch 1" in log, log[-1500:]
 
 
 @pytest.mark.slow
