@@ -4,8 +4,8 @@
     sudo .venv/bin/python benches/prediction_two_nodes.py [--rounds 2] [--model gpu_standin]
 
 Starts the two-node namespace cluster (slurm/dev/two_nodes.sh) and an MLflow server, measures
-the 1-process step once (a sweep of 1 and 2 processes, unshaped), then in each round measures
-N=2 on every link against that step, the links shaped in alternation so a drift of the machine
+the 1-process step and the communication floor once (a sweep of 1 and 2 processes, unshaped),
+then in each round measures N=2 on every link against them, the links shaped in alternation so a drift of the machine
 hits each alike.  Prints measured and predicted efficiency, their error in points, and per link
 the mean error and its spread.  Needs root (network namespaces, tc).
 """
@@ -66,6 +66,12 @@ def main() -> int:
         try:
             shape("")
             first = sweep(env, workdir, args.model, "1,2")
+            # The floor this machine's runtime shows unshaped (Horovod's negotiation and rank 0's
+            # tracking and telemetry threads on a 1-core node): held for the later rounds.
+            floor = re.search(r"comm floor: N=2: ([\d.]+) ms", first)
+            floor_ms = floor.group(1) if floor else "0"
+            print(f"calibration: {VALIDATE.search(first).group(0)}; comm floor {floor_ms} ms",
+                  flush=True)
             parent = re.search(r"scale: parent run (\w+) with", first).group(1)
             from mlflow import MlflowClient
             client = MlflowClient(server.url)
@@ -75,7 +81,8 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for link in LINKS:
                     shape(link)
-                    out = sweep(env, workdir, args.model, "2", "--from-run", one.info.run_id)
+                    out = sweep(env, workdir, args.model, "2", "--from-run", one.info.run_id,
+                                "--comm-floor-ms", floor_ms)
                     measured, predicted = map(int, VALIDATE.search(out).groups())
                     errors[link or "unshaped"].append(measured - predicted)
                     print(f"round {round_ + 1} {link or 'unshaped':>8}: measured {measured}%, "
