@@ -169,9 +169,9 @@ def gradient_bytes_of(spec: JobSpec) -> float:
     """Float32 gradient bytes of the spec's model, built on the CPU without training."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner
     from harness.spec.jobs import resolve_job
-    from harness.runtime.collectives import trainable_elements
+    from harness.runtime.collectives import gradient_bytes
     job = resolve_job(spec.job, Path(spec.spec_path).parent)
-    return trainable_elements(job.build_model(spec.data)) * 4
+    return gradient_bytes(job.build_model(spec.data), fp16=False)
 
 
 def one_step(spec: JobSpec, step_ms: Optional[float], from_run: str) -> tuple[float, str]:
@@ -190,7 +190,7 @@ def standalone(spec: JobSpec, cluster_name: str, step_ms: Optional[float], from_
                probes, floor_ms: float) -> int:
     """`harness scale SPEC --predict --step-ms X | --from-run ID`: no training, a forecast."""
     from tracking.run import start_run
-    predict.check_basis(step_ms, floor_ms)
+    predict.check_basis(None, floor_ms)  # one_step checks the step
     label, part = target_partition(cluster_name, spec)
     target = link_sources.resolve(link_sources.from_profile(part, label), probe_links(probes),
                                   None, link_sources.needed(part.nodes, part.gpus_per_node))

@@ -84,17 +84,15 @@ def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict) 
         raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
 
 
-def submit_size(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict,
-                after: Optional[str]) -> str:
+def submit_size(plan: SweepPlan, spec: JobSpec, where: comm_model.Layout, sweep_id: str,
+                env: dict, after: Optional[str]) -> str:
     """Queue size N as its own job, after the previous size (sizes must not share nodes)."""
     from slurm.cluster import load_cluster
     from slurm.submit import prepare, queue_script
     from tracking.run import submission_facts
     cluster = load_cluster(plan.cluster)
-    where = size_layouts(replace(plan, sizes=[n]), spec)[n]
-    nodes, per_node = where.nodes, where.per_node
-    overrides = size_overrides(plan, spec, n, sweep_id) + [
-        f"resources.nodes={nodes}", f"resources.gpus_per_node={per_node}"]
+    overrides = size_overrides(plan, spec, where.processes, sweep_id) + [
+        f"resources.nodes={where.nodes}", f"resources.gpus_per_node={where.per_node}"]
     sized = load_spec(plan.spec_path, overrides)
     uri, estimate = submission_facts(sized)
     sub = prepare(sized, cluster, overrides, uri, estimate, plan.sbatch)
@@ -219,7 +217,7 @@ def sweep(plan: SweepPlan) -> int:
         children = {n: create_run(client, spec.experiment, f"{spec.name} N={n}",
                                   {"sweep.id": sweep_id, "scale.processes": str(n)},
                                   parent.run_id) for n in plan.sizes}
-        run_sizes(plan, spec, sweep_id, uri, children)
+        run_sizes(plan, spec, sweep_id, uri, children, layouts)
         results = {n: collect(client, children[n], n) for n in plan.sizes}
         rows, predictions = rows_with_model(results, spec.training.batch_size, plan.one_step_s,
                                             plan.comm_floor_ms / 1e3)
@@ -258,7 +256,8 @@ def sweep_params(plan: SweepPlan, spec: JobSpec) -> dict:
             "mixed_precision": spec.training.mixed_precision}
 
 
-def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, uri: str, children: dict) -> None:
+def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, uri: str, children: dict,
+              layouts: dict) -> None:
     jobs, previous = {}, None
     for n in plan.sizes:
         env = {"MLFLOW_RUN_ID": children[n], "MLFLOW_TRACKING_URI": uri, MEASURE_ALLREDUCE: "1"}
@@ -266,7 +265,7 @@ def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, uri: str, children:
             print(f"scale: N={n}: {n} local process(es)", flush=True)
             run_local(plan, spec, n, sweep_id, env)
         else:
-            previous = jobs[n] = submit_size(plan, spec, n, sweep_id, env, previous)
+            previous = jobs[n] = submit_size(plan, spec, layouts[n], sweep_id, env, previous)
             print(f"scale: N={n}: job {previous}", flush=True)
     if jobs:
         wait_for_jobs(jobs)
