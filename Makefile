@@ -1,14 +1,18 @@
 # The two commands a new user needs: `make demo` and `make test`.
 .PHONY: setup demo test clean
 
+ENGINE ?= horovod
+
 setup:
-	@bash scripts/setup.sh
+	@ENGINE=$(ENGINE) bash scripts/setup.sh
 
 demo: setup
 	@.venv/bin/harness run jobs/lensfinder_cnn.yaml --np 2
 
+# The suite runs the engine-specific tests on both engines: it needs both environments.
 test: setup
+	@ENGINE=tf bash scripts/setup.sh
 	@bash scripts/test.sh
 
 clean:
-	rm -rf .venv runs mlflow.db mlartifacts .pytest_cache
+	rm -rf .venv .venv-tf runs mlflow.db mlartifacts .pytest_cache

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from harness.errors import UserError, exit_code_of
+from harness.engines import DEFAULT as DEFAULT_ENGINE, ENGINES, python_for
 from harness.entrypoints import PROBE, worker_command
 from harness.files import JOBS, REPO
 
@@ -108,6 +109,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--np", type=int, default=2, help="local processes (default 2)")
     p.add_argument("--controller", default="gloo", choices=["gloo", "mpi"],
                    help="how horovodrun joins them; mpi also runs the mpi4py sweep")
+    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES),
+                   help="whose allreduce to time: horovod (default) or tf (MultiWorkerMirroredStrategy)")
     p.add_argument("--max-bytes", type=int, default=256 * 2 ** 20,
                    help="largest allreduce in the 1 KB x 4^k sweep (default 256 MB)")
     p.add_argument("--log", action="store_true", help="log the results to MLflow (experiment probe)")
@@ -157,8 +160,9 @@ def cmd_run(args) -> int:
     job = resolve_job(spec.job, Path(spec.spec_path).parent)
     if hasattr(job, "prepare_data"):
         job.prepare_data(spec.data)  # once, before the processes start: they all read the cache
-    worker = worker_command(sys.executable, args.spec, args.overrides, args.resume)
-    return launcher.run_processes(processes, worker)
+    engine = spec.training.engine
+    worker = worker_command(python_for(engine), args.spec, args.overrides, args.resume)
+    return launcher.run_processes(processes, worker, engine=engine)
 
 
 def resource_overrides(args) -> list[str]:
@@ -240,8 +244,6 @@ def cmd_scale(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    import sys
-
     from harness.runtime import launcher
     from harness.scaling.probe import DEFAULT_SIZES
     if not 1 <= args.np <= 256:
@@ -249,11 +251,13 @@ def cmd_probe(args) -> int:
     sizes = [b for b in DEFAULT_SIZES if b <= args.max_bytes]
     if not sizes:
         raise UserError(f"--max-bytes {args.max_bytes}: the smallest allreduce is 1024 bytes")
-    worker = [sys.executable, "-m", PROBE, "--sizes", ",".join(map(str, sizes))]
+    worker = [python_for(args.engine), "-m", PROBE, "--sizes", ",".join(map(str, sizes)),
+              "--engine", args.engine]
     if args.out:
         worker += ["--out", str(Path(args.out).resolve())]
     # Not "--log": horovodrun would take it for its own --log-level.
-    return launcher.run_processes(args.np, worker + (["--mlflow"] if args.log else []), args.controller)
+    return launcher.run_processes(args.np, worker + (["--mlflow"] if args.log else []),
+                                  args.controller, engine=args.engine)
 
 
 def cmd_report(args) -> int:

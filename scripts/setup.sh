@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# One-command, idempotent set-up: OS packages, .venv, TensorFlow, the harness, Horovod.
+# One-command, idempotent set-up of one engine's environment.
+#   ENGINE=horovod (default): OS packages (OpenMPI), .venv, TensorFlow 2.15, the harness, Horovod.
+#   ENGINE=tf:                .venv-tf, TensorFlow 2.21 with Keras 3, the harness; no MPI.
 # Every step says what it does; a step whose result is already there is skipped.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+ENGINE="${ENGINE:-horovod}"
 HOROVOD_VERSION="0.28.1"
-SUPPORTED_PYTHONS="3.11 3.10"  # MLflow 3.17 needs >= 3.10; TF 2.15 and Horovod 0.28.1 stop at 3.11
+case "$ENGINE" in
+    horovod) VENV="$ROOT/.venv"
+             SUPPORTED_PYTHONS="3.11 3.10" ;;  # TF 2.15 and Horovod 0.28.1 stop at 3.11
+    tf)      VENV="$ROOT/.venv-tf"
+             SUPPORTED_PYTHONS="3.11 3.12 3.13 3.10" ;;  # TF 2.21; MLflow 3.17 needs >= 3.10
+    *) printf 'setup: error: ENGINE=%s: use horovod or tf\n' "$ENGINE" >&2; exit 2 ;;
+esac
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 2; }
@@ -48,7 +56,7 @@ find_python() {
             fi
         done
     done
-    die "no supported Python found (need one of: $SUPPORTED_PYTHONS; TensorFlow 2.15 has no wheels for 3.12 and Horovod 0.28.1 does not build there); set PYTHON=/path/to/python3.11"
+    die "no supported Python found for the $ENGINE engine (need one of: $SUPPORTED_PYTHONS; for horovod: TensorFlow 2.15 has no wheels for 3.12 and Horovod 0.28.1 does not build there); set PYTHON=/path/to/python3.11"
 }
 
 ensure_venv() {
@@ -65,9 +73,9 @@ ensure_venv() {
 ensure_python_packages() {
     local flavour=cpu
     have_gpu && flavour=gpu
-    step "Python packages: TensorFlow ($flavour build), MLflow, lenstronomy and the harness"
+    step "Python packages ($ENGINE engine): TensorFlow ($flavour build), MLflow, lenstronomy and the harness"
     # pip is quick when everything is already satisfied; its wheel cache makes reinstalls cheap.
-    pip_install -e "$ROOT[$flavour,dev]"
+    pip_install -e "$ROOT[$ENGINE-$flavour,dev]"
 }
 
 horovod_built_right() {
@@ -106,13 +114,24 @@ check_horovod_build() {
     done
 }
 
+check_tf_engine() {
+    step "tf engine: TensorFlow and Keras versions"
+    TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" -c 'import tensorflow as tf, keras; print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")'
+}
+
 main() {
-    ensure_os_packages
-    ensure_venv
-    ensure_python_packages
-    ensure_horovod
-    check_horovod_build
-    step "set-up complete: $VENV/bin/harness"
+    if [ "$ENGINE" = tf ]; then
+        ensure_venv
+        ensure_python_packages
+        check_tf_engine
+    else
+        ensure_os_packages
+        ensure_venv
+        ensure_python_packages
+        ensure_horovod
+        check_horovod_build
+    fi
+    step "set-up complete ($ENGINE engine): $VENV/bin/harness"
 }
 
 main "$@"

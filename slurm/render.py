@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence
 
 import jinja2
 
+from harness.engines import TF, venv_python
 from harness.entrypoints import worker_command
 from harness.spec.schema import JobSpec
 from slurm import options as extra_options
@@ -28,6 +29,10 @@ HOROVOD_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60", "HOROVOD_STALL_SHUTDOWN
 # --unbuffered: rank 0's epoch lines reach the log as they happen (tail -f works).
 LAUNCHERS = {"srun-pmix": ["srun", "--mpi=pmix", "--unbuffered"],
              "srun-pmi2": ["srun", "--mpi=pmi2", "--unbuffered"]}
+# The tf engine joins its workers over gRPC (SlurmClusterResolver reads srun's variables): no
+# MPI plugin; --kill-on-bad-exit stops every worker when one fails, instead of leaving them
+# blocked in a collective with a dead peer.
+TF_LAUNCHER = ["srun", "--mpi=none", "--unbuffered", "--kill-on-bad-exit=1"]
 
 
 def sbatch_options(spec: JobSpec, cluster: Cluster, log_dir: Path, workdir: Path,
@@ -62,6 +67,9 @@ def launch_command(spec: JobSpec, launch: str, cpus_per_task: str) -> list[str]:
     """srun (one task per GPU, the profile's MPI plugin) or mpirun, for every process."""
     r = spec.resources
     tasks = r.nodes * r.gpus_per_node
+    if spec.training.engine == TF:  # srun always: the profile's MPI launch is Horovod's
+        return TF_LAUNCHER + [f"--ntasks={tasks}", f"--ntasks-per-node={r.gpus_per_node}",
+                              f"--cpus-per-task={cpus_per_task}"]
     if launch == "mpirun":
         # Horovod's MPI guide: no binding (a rank's threads use its cores), ranks fill the
         # allocation's slots (ntasks-per-node per node) in order.
@@ -92,7 +100,7 @@ def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
     """The script; the job runs in ``workdir`` (default: the repository) with ``repo``'s venv."""
     options = sbatch_options(spec, cluster, log_dir, workdir or repo, extra)
     _, part = cluster.partition(spec.resources.partition)
-    python = str(repo / ".venv" / "bin" / "python")
+    python = venv_python(spec.training.engine, repo)
     worker = worker_command(python, spec.spec_path, overrides, resume=True)  # requeues continue
     template = _environment(cluster.template.parent).get_template(cluster.template.name)
     return template.render(
@@ -101,7 +109,7 @@ def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
         env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": options["cpus-per-task"],
              "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
              preemption.MAX_REQUEUES_ENV: str(part.max_requeues), **cpu_partition_env(part)},
-        nccl=part.nccl or {}, horovod=HOROVOD_ENV,
+        nccl=part.nccl or {}, horovod=HOROVOD_ENV if spec.training.engine != TF else {},
         tracking={"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {},
         tasks=spec.resources.nodes * spec.resources.gpus_per_node, nodes=spec.resources.nodes,
         per_node=spec.resources.gpus_per_node,
@@ -113,7 +121,7 @@ def cpu_partition_env(part: Partition) -> dict:
     """On a CPU-only partition the compute and the communication share a rank's cores, and
     Open MPI's progress loop spinning on them halved the 2-node efficiency of the dev cluster
     (42-54% against 84% with yielding).  GPU ranks keep the spin: it is their lowest latency."""
-    return {} if part.gres else {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    return {} if part.gres else {"OMPI_MCA_mpi_yield_when_idle": "1"}  # harmless without MPI
 
 
 def parse_sbatch_options(script: str) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from slurm.cluster import Cluster, Partition, check_fit
+from harness.engines import HOROVOD, TF, venv_python
 from harness.errors import UserError
 from harness.files import REPO, atomic_write_text
 from harness.spec import freeze
@@ -53,7 +54,7 @@ def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
     partition, part = check_fit(spec.resources, cluster)
     check_time(spec)
     check_tracking_uri(spec, uri)
-    check_launch(part)
+    check_launch(part, spec.training.engine)
     check_checkpoint_interval(spec, epoch_estimate)
     workdir = Path.cwd()
     log_dir = (workdir / "runs" / spec.name / "slurm").resolve()
@@ -100,9 +101,16 @@ def horovod_has_mpi() -> bool:
     return b"libmpi.so" in libs[0].read_bytes()
 
 
-def check_launch(part: Partition) -> None:
+def check_launch(part: Partition, engine: str = HOROVOD) -> None:
     """Every launch method (srun --mpi=pmix/pmi2, mpirun) joins Horovod's ranks through MPI: a
-    Gloo-only Horovod started by srun gives N separate jobs of size 1."""
+    Gloo-only Horovod started by srun gives N separate jobs of size 1.  The tf engine needs no
+    MPI, only its own environment in the checkout the job runs from."""
+    if engine == TF:
+        python = Path(venv_python(TF, REPO))
+        if not python.exists():
+            raise UserError(f"training.engine=tf: {python} not found; create the tf engine's "
+                            "environment with `make setup ENGINE=tf` (on a shared filesystem)")
+        return
     if not horovod_has_mpi():
         raise UserError(
             f"launch={part.launch}: the partition starts ranks through MPI, but this Horovod is "

@@ -49,6 +49,25 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
                           capture_output=True, timeout=timeout)
 
 
+ENGINES = ("horovod", "tf")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each engine-specific test runs on both engines; the tf one needs `make setup ENGINE=tf`."""
+    if request.param == "tf" and not (REPO / ".venv-tf" / "bin" / "python").exists():
+        reason = "no tf engine environment (.venv-tf): make setup ENGINE=tf"
+        if os.environ.get("HARNESS_REQUIRE_ALL"):
+            pytest.fail(f"both engines are required in CI: {reason}")
+        pytest.skip(reason)
+    return request.param
+
+
+def on_engine(engine: str) -> list:
+    """The --set that puts a job on ``engine``."""
+    return ["--set", f"training.engine={engine}"]
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """One real mlflow server for the session's tracking tests."""

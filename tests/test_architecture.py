@@ -20,6 +20,7 @@ LAYERS = [
     ["harness.runtime"],
     ["slurm", "tracking", "harness.telemetry"],  # peers: none imports another
     ["harness.spec"],
+    ["harness.engines"],  # which engine runs in which environment (package metadata only)
     ["harness.errors", "harness.files", "harness.entrypoints"],
 ]
 JOBS = ["jobs"]  # user code: may use the spec layer and below, never the harness's machinery

@@ -15,7 +15,7 @@ EXPECTED = {
     "status": {"job_id"},
     "scale": {"spec", "--set", "--gpus", "--layout", "--repeats", "--local", "--partition", "--cluster",
               "--sbatch", "--predict", "--step-ms", "--from-run", "--probe", "--comm-floor-ms"},
-    "probe": {"--np", "--controller", "--max-bytes", "--log", "--out"},
+    "probe": {"--np", "--controller", "--engine", "--max-bytes", "--log", "--out"},
     "report": {"run_id"},
     "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth", "--allow-host"},
     "tracking import": {"file"},

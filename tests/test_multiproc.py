@@ -1,4 +1,5 @@
-"""Each job for a short run under real Horovod (horovodrun --gloo -np 2) on the CPU."""
+"""Each job for a short run on 2 CPU processes, on each engine: real Horovod (horovodrun --gloo
+-np 2) and TensorFlow's MultiWorkerMirroredStrategy (two workers joined by TF_CONFIG)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, run_cli
+from conftest import REPO, on_engine, run_cli
 
 pytestmark = pytest.mark.multiproc
 JOBS = REPO / "jobs"
@@ -34,9 +35,10 @@ def _steps(db: Path, experiment: str) -> dict:
                  for k in ("loss", "val_loss", "generalization_gap", "lr", "time/epoch_s")}
 
 
-def test_diabetes_two_processes_and_resume(workdir, pima_csv):
+def test_diabetes_two_processes_and_resume(workdir, pima_csv, engine):
     spec = JOBS / "diabetes_mlp.yaml"
-    args = ["run", spec, "--np", 2, "--set", f"data.csv={pima_csv}", "--set", "checkpoint.every_epochs=1"]
+    args = ["run", spec, "--np", 2, "--set", f"data.csv={pima_csv}", "--set", "checkpoint.every_epochs=1",
+            *on_engine(engine)]
     out = _ok(run_cli(*args, "--set", "training.epochs=2", cwd=workdir))
     assert "epoch 1/2  loss" in out and "samples/s" in out and "held-out: test_accuracy" in out
     refused = run_cli(*args, "--set", "training.epochs=4", cwd=workdir)
@@ -52,22 +54,23 @@ def test_diabetes_two_processes_and_resume(workdir, pima_csv):
     assert all(s == [0, 1, 2, 3] for s in steps.values()), steps  # each epoch exactly once
 
 
-def test_mnist_one_epoch(workdir, mnist_npz):
+def test_mnist_one_epoch(workdir, mnist_npz, engine):
     out = _ok(run_cli("run", JOBS / "mnist_mlp.yaml", "--np", 2, "--set", f"data.path={mnist_npz}",
-                      "--set", "training.epochs=1", cwd=workdir))
+                      "--set", "training.epochs=1", *on_engine(engine), cwd=workdir))
     assert "epoch 1/1" in out and "val_accuracy" in out
 
 
-def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir):
+def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir, engine):
     out = _ok(run_cli("run", JOBS / "lensfinder_cnn.yaml", "--np", 2, "--set", "data.n_images=400",
-                      "--set", "data.num_pix=32", "--set", "training.epochs=1", cwd=workdir))
+                      "--set", "data.num_pix=32", "--set", "training.epochs=1", *on_engine(engine),
+                      cwd=workdir))
     assert "simulating 400 DES-like 32x32" in out and "test_roc_auc" in out
     assert list((workdir / ".cache" / "lensfinder").glob("lenses-400x32px-*.npz"))
 
 
-def test_synthetic_one_epoch(workdir):
+def test_synthetic_one_epoch(workdir, engine):
     out = _ok(run_cli("run", JOBS / "synthetic.yaml", "--np", 2, "--set", "training.epochs=2",
-                      "--set", "data.samples_per_epoch=512", cwd=workdir))
+                      "--set", "data.samples_per_epoch=512", *on_engine(engine), cwd=workdir))
     assert "epoch 2/2" in out and "samples/s" in out
 
 
@@ -80,18 +83,20 @@ def _worker_pid(rank: int, parent_marker: str, timeout: float = 120) -> int:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
+            ranks = (f"HOROVOD_RANK={rank}".encode(), f'"index": {rank}}}}}'.encode())  # TF_CONFIG
             if b"harness.runtime.worker" in cmd and parent_marker.encode() in cmd and \
-                    f"HOROVOD_RANK={rank}".encode() in env:
+                    any(v.endswith(ranks) for v in env):
                 return int(pid)
         time.sleep(0.5)
     raise AssertionError(f"no worker with rank {rank} appeared")
 
 
-def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv):
+def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv, engine):
     marker = f"checkpoint.dir={workdir}/ck"
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", str(JOBS / "diabetes_mlp.yaml"), "--np", "2",
-         "--set", f"data.csv={pima_csv}", "--set", "training.epochs=1000", "--set", marker],
+         "--set", f"data.csv={pima_csv}", "--set", "training.epochs=1000", "--set", marker,
+         *on_engine(engine)],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:  # wait until training is really under way
@@ -107,6 +112,7 @@ def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv):
     assert elapsed < 60, f"took {elapsed:.0f} s to notice"
     first = f"rank 1 on {socket.gethostname()} failed first (killed by signal 9)"
     assert f"run failed: {first}" in output
+    print(f"{engine}: every rank stopped {elapsed:.1f} s after the kill")  # -s shows it
     # The run records that first failure, not rank 0's later error about a lost peer.
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("diabetes_mlp").experiment_id])[0]
@@ -136,10 +142,10 @@ def test_diabetes_at_its_default_epochs_is_judged_overfitting(workdir):
     assert not rows[best - 1].endswith(("best", "overfitting"))
 
 
-def test_early_stopping_stops_patience_after_the_best_and_restores_it(workdir):
+def test_early_stopping_stops_patience_after_the_best_and_restores_it(workdir, engine):
     out = _ok(run_cli("run", JOBS / "diabetes_mlp.yaml", "--np", 2,
                       "--set", "training.early_stopping=true", "--set", "tracking.log_model=true",
-                      cwd=workdir))
+                      *on_engine(engine), cwd=workdir))
     said = re.search(r"early stopping at epoch (\d+) \(patience (\d+)\): best weights of epoch "
                      r"(\d+) restored, val_loss ([\d.]+) \(best ([\d.]+)\)", out)
     assert said, out[-2000:]

@@ -1,7 +1,9 @@
 """`harness submit` and `harness status` against a real one-node SLURM (slurm/dev/).
 
 The jobs are real: sbatch runs the rendered script, srun --mpi=pmix starts two
-Horovod ranks over MPI, and they log into a real mlflow server.
+Horovod ranks over MPI (or, for the tf engine, srun starts two TensorFlow workers
+that find each other through SlurmClusterResolver), and they log into a real
+mlflow server.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, run_cli
+from conftest import REPO, on_engine, run_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 DIABETES = REPO / "jobs" / "diabetes_mlp.yaml"
@@ -61,21 +63,23 @@ def _steps(client, run_id, key="loss") -> list:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pima_csv, mlflow_server):
-    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-complete",
-                   "--set", "training.epochs=4")
+def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pima_csv, mlflow_server,
+                                                              engine):
+    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, f"slurm-complete-{engine}",
+                   "--set", "training.epochs=4", *on_engine(engine))
     job_id = _job_id(done)
     assert f"run tagged slurm.job_id={job_id}" in done.stdout
     script = workdir / "runs" / "diabetes_mlp" / "slurm" / f"diabetes_mlp-{job_id}.sbatch"
-    assert script.is_file() and "srun --mpi=pmix" in script.read_text()
+    launch = {"horovod": "srun --mpi=pmix", "tf": "srun --mpi=none"}[engine]
+    assert script.is_file() and launch in script.read_text()
 
     info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 240)
     log = _log(workdir, job_id)
     assert info["JobState"] == "COMPLETED", log
     assert "2 process(es)" in log and "weights identical on all 2 ranks" in log
 
-    client, run = _only_run(mlflow_server.url, "slurm-complete")
-    assert run.info.status == "FINISHED"
+    client, run = _only_run(mlflow_server.url, f"slurm-complete-{engine}")
+    assert run.info.status == "FINISHED" and run.data.params["engine"] == engine
     assert run.data.tags["slurm.job_id"] == job_id and run.data.params["processes"] == "2"
     assert _steps(client, run.info.run_id) == [0, 1, 2, 3]
 
@@ -255,7 +259,7 @@ def test_scale_on_slurm_runs_one_job_per_size_into_child_runs(slurm, workdir):
 
 @pytest.mark.slow
 def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, workdir, pima_csv,
-                                                                     mlflow_server):
+                                                                     mlflow_server, engine):
     """As SLURM preempts: a job in a higher-tier partition takes the node; the harness job gets
     SIGTERM (not the warning), has GraceTime to leave its last epoch on disk, SLURM requeues it,
     and it resumes into the same run."""
@@ -269,6 +273,7 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
                    "2", "--set", f"data.csv={pima_csv}", "--set", "tracking.experiment=slurm-real-preempt",
                    "--set", "training.epochs=8", "--set", "training.batch_size=2",
                    "--set", "checkpoint.every_epochs=100",  # only the stop itself checkpoints
+                   "--set", f"tracking.experiment=slurm-real-preempt-{engine}", *on_engine(engine),
                    cwd=workdir, env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url))
     job_id = _job_id(done)
     _wait_for_line(workdir, job_id, r"epoch +3/8")
@@ -287,14 +292,14 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     assert f"resuming at epoch {saved + 1}" in log
     assert f"note: {mine / 'diabetes_mlp.py'} changed" in log  # said, and the submitted copy ran
 
-    client, run = _only_run(mlflow_server.url, "slurm-real-preempt")
+    client, run = _only_run(mlflow_server.url, f"slurm-real-preempt-{engine}")
     assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
     assert run.data.tags["harness.job_changed_since_submit"] == "true"
     for key in ("loss", "val_loss", "generalization_gap"):
         assert _steps(client, run.info.run_id, key) == list(range(8)), key  # each epoch once
     signal_to_stop = client.get_metric_history(run.info.run_id, "slurm/stop_after_signal_s")
     assert [m.step for m in signal_to_stop] == [0]
-    print(f"signal-to-stop {seconds:.1f} s (GraceTime 30 s)")  # the figure the README quotes
+    print(f"{engine}: signal-to-stop {seconds:.1f} s (GraceTime 30 s)")  # the README quotes it
 
 
 def test_each_rank_gets_the_cpus_the_script_asked_for(slurm, workdir, pima_csv, tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, run_cli
+from conftest import REPO, on_engine, run_cli
 from slurm_dev import DevSlurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc, pytest.mark.slow]
@@ -59,12 +59,13 @@ def _bytes_through(node: str) -> int:
     return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
 
 
-def test_two_node_job_trains_across_the_network(two_nodes, workdir, pima_csv):
+def test_two_node_job_trains_across_the_network(two_nodes, workdir, pima_csv, engine):
     slurm, server = two_nodes
     before = {n: _bytes_through(n) for n in ("lhn1", "lhn2")}
     done = run_cli("submit", REPO / "jobs" / "diabetes_mlp.yaml", "--partition", "debug",
                    "--nodes", "2", "--gpus-per-node", "1", "--set", f"data.csv={pima_csv}",
-                   "--set", "training.epochs=3", "--set", "tracking.experiment=two-nodes",
+                   "--set", "training.epochs=3", "--set", f"tracking.experiment=two-nodes-{engine}",
+                   *on_engine(engine),
                    cwd=workdir, env=dict(slurm.env, MLFLOW_TRACKING_URI=server.url), timeout=120)
     assert done.returncode == 0, done.stderr
     job_id = re.search(r"submitted job (\d+)", done.stdout).group(1)
@@ -76,8 +77,8 @@ def test_two_node_job_trains_across_the_network(two_nodes, workdir, pima_csv):
     # Both nodes resolved the head by name (rank 0 created the run; lhn2's telemetry joined it).
     assert server.url == f"http://{socket.gethostname()}:{server.port}"
     client = MlflowClient(server.url)
-    run = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id])[0]
-    assert run.info.status == "FINISHED"
+    run = client.search_runs([client.get_experiment_by_name(f"two-nodes-{engine}").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.params["engine"] == engine
     assert sorted(run.data.params["hosts"].split(",")) == ["lhn1", "lhn2"]  # two UTS namespaces
     # lhn2 is not rank 0: its node's sampler reached the server by name on its own.
     assert "system/lhn2/cpu_utilization_percentage" in run.data.metrics

@@ -21,7 +21,8 @@ def versions(extra: dict = ()) -> dict:
     """Package versions (and ``extra``, e.g. the GPU driver's, passed in by the caller)."""
     found = {"python": platform.python_version()}
     for label, package in (("tensorflow", "tensorflow-cpu"), ("tensorflow", "tensorflow"),
-                           ("horovod", "horovod"), ("mlflow", "mlflow"), ("numpy", "numpy")):
+                           ("keras", "keras"), ("horovod", "horovod"), ("mlflow", "mlflow"),
+                           ("numpy", "numpy")):
         if found.get(label, "absent") == "absent":
             found[label] = _version(package)
     found.update(extra)

@@ -193,7 +193,7 @@ def run_params(spec: JobSpec, ctx) -> dict:
     t = spec.training
     params = {f"spec.{k}": v for k, v in flatten(describe(spec)).items()}
     params.update({
-        "processes": ctx.size, "batch_size.per_process": t.batch_size,
+        "engine": t.engine, "processes": ctx.size, "batch_size.per_process": t.batch_size,
         "batch_size.global": t.batch_size * ctx.size,
         "lr.rule": t.lr_scaling,
         "hosts": ",".join(ctx.hosts),

@@ -1,6 +1,6 @@
 """Keras callbacks that make up the harness's per-step and per-epoch work.
 
-Order matters and is fixed by ``trainer.callbacks_for``: Horovod's broadcast
+Order matters and is fixed by ``trainer.callbacks_for``: the engine's broadcast
 and metric averaging first, so every later callback sees the same averaged
 numbers on every rank and takes the same decisions (stop, checkpoint).
 """
@@ -24,9 +24,10 @@ from slurm import preemption
 class ScheduledRate(tf.keras.callbacks.Callback):
     """Sets the optimizer's rate before each step: warm-up ramp, then the scaled rate."""
 
-    def __init__(self, base: float, target: float, warmup_epochs: float, steps: int):
+    def __init__(self, base: float, target: float, warmup_epochs: float, steps: int, engine):
         super().__init__()
         self.base, self.target, self.warmup, self.steps = base, target, warmup_epochs, steps
+        self.engine = engine
         self.epoch = 0
         self.current = target
 
@@ -36,7 +37,7 @@ class ScheduledRate(tf.keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         rate = rate_at(self.epoch + batch / self.steps, self.base, self.target, self.warmup)
         if rate != self.current or batch == 0:
-            tf.keras.backend.set_value(self.model.optimizer.lr, rate)
+            self.engine.set_learning_rate(self.model.optimizer, rate)
             self.current = rate
 
     def on_epoch_end(self, epoch, logs=None):
@@ -151,9 +152,10 @@ class Checkpointer(tf.keras.callbacks.Callback):
     between two checkpoints can still leave the last finished epoch on disk.
     """
 
-    def __init__(self, directory: Path, every: int, total: int, make_state: Callable,
+    def __init__(self, engine, directory: Path, every: int, total: int, make_state: Callable,
                  saved_epoch: Optional[int], start_epoch: int, preemptible: bool):
         super().__init__()
+        self.engine = engine
         self.directory, self.every, self.total, self.make_state = directory, every, total, make_state
         self.saved_epoch, self.start, self.preemptible = saved_epoch, start_epoch, preemptible
         self.boundary: Optional[tuple] = None  # (epochs done, variable values) not yet on disk
@@ -179,14 +181,15 @@ class Checkpointer(tf.keras.callbacks.Callback):
         return self.saved_epoch
 
     def _save(self, done: int) -> None:
-        checkpoint.save(self.directory, self.model, self.model.optimizer, self.make_state(done))
+        checkpoint.save(self.directory, self.model, self.model.optimizer, self.make_state(done),
+                        engine=self.engine)
         self.saved_epoch, self.boundary = done, None
 
     def _remember_boundary(self, done: int) -> None:
         self.boundary = (done, [v.numpy() for v in self._variables()])
 
     def _variables(self) -> list:
-        return list(self.model.weights) + list(self.model.optimizer.variables())
+        return list(self.model.weights) + self.engine.optimizer_variables(self.model.optimizer)
 
 
 class PreemptionGuard(tf.keras.callbacks.Callback):
@@ -196,8 +199,9 @@ class PreemptionGuard(tf.keras.callbacks.Callback):
     every rank computes the same K and checks after the same batch.
     """
 
-    def __init__(self):
+    def __init__(self, engine):
         super().__init__()
+        self.engine = engine
         self.epoch, self.batches, self.next_check, self.last_checked = 0, 0, 1, 0
         self.since = time.perf_counter()
         self.check_s = 0.0
@@ -206,14 +210,13 @@ class PreemptionGuard(tf.keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        import horovod.tensorflow as hvd
         self.batches += 1
         if self.batches < self.next_check:
             return
         now = time.perf_counter()
         step_s = (now - self.since) / max(1, self.batches - self.last_checked)
         mine = np.array([float(preemption.requested()), step_s, self.check_s], dtype=np.float64)
-        agreed = hvd.allreduce(tf.constant(mine), op=hvd.Max, name="harness.preemption").numpy()
+        agreed = self.engine.agree_max(mine)
         self.check_s = time.perf_counter() - now
         if agreed[0] > 0:
             raise preemption.Preempted(self.epoch)

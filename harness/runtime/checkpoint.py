@@ -22,6 +22,7 @@ from harness.files import atomic_write_text
 
 POINTER = "latest.json"
 BEST_WEIGHTS = "best-weights.npz"  # the best epoch's weights, in Keras get_weights() order
+WEIGHTS, OPTIMIZER = "weights.npz", "optimizer.npz"  # the "arrays" kind (tf engine)
 FORMAT = 1
 
 
@@ -47,13 +48,53 @@ def _tf_checkpoint(model, optimizer):
     return tf.train.Checkpoint(model=model, optimizer=optimizer)
 
 
-def save(directory: Path, model, optimizer, state: CheckpointState, keep: int = 2) -> Path:
+def _kind(engine) -> str:
+    """How the weights are stored: TensorFlow checkpoint files (Horovod engine), or plain arrays
+    (tf engine: a TensorFlow checkpoint of mirrored Keras 3 objects would make every worker
+    take part in the write, and rank 0 writes alone)."""
+    return getattr(engine, "checkpoint_kind", "tf.train")
+
+
+def _write_weights(folder: Path, model, optimizer, engine) -> None:
+    if _kind(engine) == "arrays":
+        np.savez(folder / WEIGHTS, *model.get_weights())
+        np.savez(folder / OPTIMIZER, *[np.asarray(v.numpy())
+                                       for v in engine.optimizer_variables(optimizer)])
+    else:
+        _tf_checkpoint(model, optimizer).write(str(folder / "weights"))
+
+
+def _read_arrays(path: Path) -> list:
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+
+def _read_weights(folder: Path, model, optimizer, engine) -> None:
+    if _kind(engine) == "arrays":
+        if not (folder / WEIGHTS).exists():
+            raise ValueError("written by the horovod engine; resume it with training.engine=horovod")
+        model.set_weights(_read_arrays(folder / WEIGHTS))
+        variables, values = engine.optimizer_variables(optimizer), _read_arrays(folder / OPTIMIZER)
+        if len(variables) != len(values):
+            raise ValueError(f"{len(values)} optimizer arrays for {len(variables)} variables "
+                             "(another optimizer?)")
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        return
+    if (folder / WEIGHTS).exists():
+        raise ValueError("written by the tf engine; resume it with training.engine=tf")
+    status = _tf_checkpoint(model, optimizer).read(str(folder / "weights"))
+    status.assert_existing_objects_matched()
+
+
+def save(directory: Path, model, optimizer, state: CheckpointState, keep: int = 2,
+         engine=None) -> Path:
     """Write checkpoint for ``state.epoch`` and point ``latest.json`` at it."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"epoch-{state.epoch:05d}"
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-epoch-{state.epoch:05d}-"))
     try:
-        _tf_checkpoint(model, optimizer).write(str(tmp / "weights"))
+        _write_weights(tmp, model, optimizer, engine)
         if state.best_weights is not None:  # a resumed run must restore the same best weights
             np.savez(tmp / BEST_WEIGHTS, *state.best_weights)
         meta = {"format": FORMAT, "epoch": state.epoch, "history": state.history,
@@ -109,7 +150,7 @@ def read_state(directory: Path) -> Optional[CheckpointState]:
                            extra=meta.get("extra", {}))
 
 
-def restore(directory: Path, model, optimizer) -> CheckpointState:
+def restore(directory: Path, model, optimizer, engine=None) -> CheckpointState:
     """Load the latest checkpoint into ``model`` and ``optimizer``; clear errors otherwise."""
     state = read_state(directory)
     if state is None:
@@ -119,16 +160,14 @@ def restore(directory: Path, model, optimizer) -> CheckpointState:
         raise UserError(f"{folder}: incompatible checkpoint: it holds a different model "
                         "(weight shapes differ); use another checkpoint.dir to start anew")
     try:
-        status = _tf_checkpoint(model, optimizer).read(str(folder / "weights"))
-        status.assert_existing_objects_matched()
+        _read_weights(folder, model, optimizer, engine)
     except Exception as e:  # TF raises several unrelated types for a damaged file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{folder}: corrupt or incompatible checkpoint ({first}); restore it or "
                         "use another checkpoint.dir to start anew") from None
     best = folder / BEST_WEIGHTS
     if best.exists():
-        with np.load(best) as arrays:
-            state.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        state.best_weights = _read_arrays(best)
     return state
 
 

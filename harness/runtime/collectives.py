@@ -1,4 +1,4 @@
-"""Timing Horovod's allreduce: the probe's sweep and the scaling sweep's per-model measurement.
+"""Timing an engine's allreduce: the probe's sweep and the scaling sweep's per-model measurement.
 
 Every rank runs these together (each call is a collective).  Bus bandwidth follows the
 nccl-tests convention: algorithm bandwidth x 2(N-1)/N, the bytes a ring moves per link.
@@ -45,18 +45,6 @@ def time_allreduce(reduce_once: Callable[[], None], barrier: Callable[[], None],
     return float(np.median(times))
 
 
-def time_horovod_allreduce(nbytes: int, dtype: str = "float32") -> float:
-    """Every rank: median seconds of a Horovod allreduce of ``nbytes`` of ``dtype``."""
-    import horovod.tensorflow as hvd
-    import tensorflow as tf
-    tensor = tf.ones([max(1, nbytes // tf.as_dtype(dtype).size)], dtype=dtype)
-    name = f"probe.{dtype}.{nbytes}"
-    return time_allreduce(
-        lambda: hvd.allreduce(tensor, op=hvd.Sum, name=name).numpy(),
-        lambda: hvd.allreduce(tf.constant(0), name="probe.barrier").numpy(),
-        lambda v: int(hvd.allreduce(tf.constant(v), op=hvd.Max, name="probe.agree")))
-
-
 def gradient_bytes(model, fp16: bool) -> int:
     """Bytes one rank's gradients put on the wire per step (halved by fp16 compression)."""
     return trainable_elements(model) * (2 if fp16 else 4)
@@ -66,14 +54,13 @@ def trainable_elements(model) -> int:
     return sum(int(v.shape.num_elements()) for v in model.trainable_variables)
 
 
-def measure_gradient_allreduce(model, fp16: bool) -> dict:
+def measure_gradient_allreduce(model, fp16: bool, engine, size: int) -> dict:
     """Every rank: time one allreduce of the model's gradient size; the communication model's input."""
-    import horovod.tensorflow as hvd
     nbytes = gradient_bytes(model, fp16)
     figures = {"comm/gradient_bytes": nbytes,
                "model/trainable_parameters": trainable_elements(model)}
-    if hvd.size() > 1:
-        seconds = time_horovod_allreduce(nbytes, "float16" if fp16 else "float32")
+    if size > 1:
+        seconds = engine.time_allreduce(nbytes, "float16" if fp16 else "float32")
         figures["comm/allreduce_s"] = seconds
-        figures["comm/busbw_GBps"] = bus_bandwidth(nbytes, hvd.size(), seconds) / 1e9
+        figures["comm/busbw_GBps"] = bus_bandwidth(nbytes, size, seconds) / 1e9
     return figures

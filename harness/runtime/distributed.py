@@ -1,10 +1,14 @@
-"""Per-process start-up: join Horovod, check SLURM agrees, pin a device, seed everything."""
+"""Per-process start-up: join the engine's job, check SLURM agrees, pin a device, seed everything."""
 from __future__ import annotations
 
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+
+from harness.runtime.engine import Engine, load
 from slurm.environment import SlurmEnvironment
 
 
@@ -17,6 +21,7 @@ class ProcessContext:
     device: str  # "GPU ..." or "CPU"
     slurm: SlurmEnvironment
     hosts: tuple = ()  # every process's host name, deduplicated
+    engine: Any = None  # the Engine every collective goes through
 
     @property
     def is_chief(self) -> bool:
@@ -40,25 +45,24 @@ def _pin_device(local_rank: int) -> str:
     return "CPU"
 
 
-def init_process(seed: int) -> ProcessContext:
-    """hvd.init(), SLURM cross-check, device pinning and seeding, in that order."""
-    import horovod.tensorflow as hvd
+def init_process(seed: int, engine_name: str = "horovod") -> ProcessContext:
+    """Join the job, SLURM cross-check, device pinning and seeding, in that order."""
     import tensorflow as tf
 
-    hvd.init()
+    engine: Engine = load(engine_name)
+    rank, size, local_rank, local_size, device = engine.join(_pin_device)
     tf.get_logger().setLevel("ERROR")  # Keras's "callback is slow" warning fires on the broadcast step
     slurm = SlurmEnvironment.from_env()
-    slurm.cross_check(hvd.size(), hvd.local_rank())
-    device = _pin_device(hvd.local_rank())
+    slurm.cross_check(size, local_rank)
     # Same seed on every rank: identical initial weights even before the broadcast.
     tf.keras.utils.set_random_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    hosts = tuple(sorted(set(hvd.allgather_object(socket.gethostname()))))
-    return ProcessContext(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
-                          local_size=hvd.local_size(), device=device, slurm=slurm, hosts=hosts)
+    hosts = tuple(sorted(set(engine.allgather_object(socket.gethostname()))))
+    return ProcessContext(rank=rank, size=size, local_rank=local_rank, local_size=local_size,
+                          device=device, slurm=slurm, hosts=hosts, engine=engine)
 
 
-def trainable_fingerprints(model) -> list[str]:
+def trainable_fingerprints(model, engine: Engine) -> list[str]:
     """SHA-1 of the trainable weights on every rank (rank order).
 
     Data-parallel training must keep them bit-identical; a difference means
@@ -67,6 +71,5 @@ def trainable_fingerprints(model) -> list[str]:
     """
     import hashlib
 
-    import horovod.tensorflow as hvd
-    digest = hashlib.sha1(b"".join(w.numpy().tobytes() for w in model.trainable_weights))
-    return list(hvd.allgather_object(digest.hexdigest()))
+    digest = hashlib.sha1(b"".join(np.asarray(w.numpy()).tobytes() for w in model.trainable_weights))
+    return engine.allgather_object(digest.hexdigest())

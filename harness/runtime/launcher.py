@@ -1,20 +1,25 @@
 """Start N local training processes and watch them (``harness run``).
 
-One process runs the worker directly; more go through ``horovodrun --gloo``,
-which stops every process as soon as one fails.  The launcher relays rank 0's
-lines as they come (other ranks' lines with a ``[rank N]`` prefix) and turns
-horovodrun's failure report into one line naming the rank that failed.
+One process runs the worker directly.  With the Horovod engine more go through
+``horovodrun --gloo``, which stops every process as soon as one fails; with the tf
+engine the launcher starts the N workers itself, each with its ``TF_CONFIG``, and
+stops the others as soon as one fails.  Either way it relays rank 0's lines as
+they come (other ranks' lines with a ``[rank N]`` prefix) and says in one line
+which rank failed first.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -82,12 +87,124 @@ def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
 
 
 def run_processes(processes: int, worker: list[str], controller: str = "gloo",
-                  extra_env: Optional[dict] = None) -> int:
+                  extra_env: Optional[dict] = None, engine: str = "horovod") -> int:
     """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted)."""
     with tempfile.TemporaryDirectory(prefix="harness-run-") as scratch:
         record = Path(scratch) / "run.json"  # rank 0 says here which MLflow run it writes
         env = dict(worker_env(), **(extra_env or {}), **{RUN_RECORD_ENV: str(record)})
+        if engine == "tf" and processes > 1:
+            return _watch_workers(worker, tf_worker_envs(processes, env), record)
         return _watch(launch_command(processes, worker, controller), env, record)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS calls free now (bound together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_worker_envs(processes: int, env: dict) -> list[dict]:
+    """One environment per worker: the same cluster in TF_CONFIG, each its own task index."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(processes)]}
+    return [dict(env, TF_CONFIG=json.dumps({"cluster": cluster,
+                                            "task": {"type": "worker", "index": i}}))
+            for i in range(processes)]
+
+
+STOP_GRACE_S = 5.0  # after a worker fails, the others get SIGTERM, then SIGKILL after this
+
+
+def _watch_workers(worker: list[str], envs: list[dict], record: Path) -> int:
+    """Start one process per rank, relay their lines, stop them all when one fails."""
+    procs = [subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, start_new_session=True, bufsize=1) for env in envs]
+    lines: queue.Queue = queue.Queue()
+    for rank, proc in enumerate(procs):
+        threading.Thread(target=_pump, args=(rank, proc, lines), daemon=True).start()
+    report, failed_at, stopped = FailureReport(), None, None
+    try:
+        open_streams = len(procs)
+        while open_streams or any(p.poll() is None for p in procs):
+            try:
+                rank, line = lines.get(timeout=0.1)
+                if line is None:
+                    open_streams -= 1
+                else:
+                    print(line if rank == 0 else f"[rank {rank}] {line}", flush=True)
+            except queue.Empty:
+                pass
+            if failed_at is None:
+                failed_at = _first_failure(procs, report)
+            elif stopped is None:
+                stopped = _stop_others(procs, failed_at)
+    except KeyboardInterrupt:
+        _terminate_all(procs, grace_s=30.0)
+        print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
+        return 130
+    if failed_at is None:
+        return 0
+    if stopped is None:
+        stopped = time.monotonic() - failed_at
+    reason = report.describe(report.code)
+    if stopped is not None:
+        reason = reason.replace("were stopped", f"were stopped within {stopped:.1f} s")
+    print(f"run failed: {reason}", file=sys.stderr, flush=True)
+    record_first_failure(record, reason)
+    return 1
+
+
+def _pump(rank: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
+    for line in proc.stdout:
+        lines.put((rank, line.rstrip("\n")))
+    lines.put((rank, None))
+
+
+def _first_failure(procs: list, report: FailureReport) -> Optional[float]:
+    """The time the first rank failed (noted in ``report``), None while all are fine."""
+    for rank, proc in enumerate(procs):
+        code = proc.poll()
+        if code not in (None, 0):
+            report.rank, report.code = rank, code
+            for other in procs:
+                if other.poll() is None:
+                    _signal_group(other, signal.SIGTERM)
+            return time.monotonic()
+    return None
+
+
+def _stop_others(procs: list, failed_at: float) -> Optional[float]:
+    """Seconds from the first failure until every rank had exited (None while some run)."""
+    if all(p.poll() is not None for p in procs):
+        return time.monotonic() - failed_at
+    if time.monotonic() - failed_at > STOP_GRACE_S:
+        for proc in procs:  # a rank blocked in a collective with a dead peer ignores SIGTERM
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL)
+    return None
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _terminate_all(procs: list, grace_s: float) -> None:
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
 
 
 def _watch(cmd: list[str], env: dict, record: Path) -> int:

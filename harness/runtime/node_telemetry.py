@@ -50,8 +50,6 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
 
     Returns the report lines and rank 0's own node's samples (for the timeline plot).
     """
-    import horovod.tensorflow as hvd
-
     mine = {}
     if sampler is not None:
         sampler.stop()
@@ -61,7 +59,7 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
         totals = {(sampler.host, g.index): g.memory_total_mb for g in sampler.gpus}
         summaries, _ = telemetry_summary.summarize(sampler.history, totals)
         mine = {"host": sampler.host, "gpus": sampler.inventory(), "summaries": summaries}
-    nodes = [n for n in hvd.allgather_object(mine) if n]
+    nodes = [n for n in ctx.engine.allgather_object(mine) if n]
     if not ctx.is_chief or not nodes:
         return [], []
     summaries = {k: v for n in nodes for k, v in n["summaries"].items()}

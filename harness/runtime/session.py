@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import horovod.tensorflow as hvd
-
 from harness.errors import RunFailed
 from harness.files import atomic_write_text
 from harness.runtime import checkpoint, collectives, launcher, node_telemetry, overfitting, trainer
@@ -24,7 +22,7 @@ from tracking import open_tracker, tracking_uri
 
 def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     started = time.time()
-    ctx = init_process(spec.training.seed)
+    ctx = init_process(spec.training.seed, spec.training.engine)
     state = checkpoint.plan_resume(spec.checkpoint_dir, resume)
     if ctx.is_chief:
         where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
@@ -33,19 +31,19 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     record_job_file(spec, ctx, tracker)
     tell_launcher(ctx, tracker)
     check_requeue_cap(ctx, tracker)
-    run_id = hvd.broadcast_object(tracker.run_id, root_rank=0)  # every node writes into this run
+    run_id = ctx.engine.broadcast_object(tracker.run_id)  # every node writes into this run
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
         if os.environ.get(collectives.MEASURE_ALLREDUCE):
-            measure_communication(spec, outcome, tracker)
+            measure_communication(spec, ctx, outcome, tracker)
         telemetry_lines, samples = node_telemetry.finish(sampler, ctx, tracker)
         sampler = None
         if ctx.is_chief:
             timeline = tracker.log_timeline(spec, samples, outcome.epoch_ends)
             summarize(spec, outcome, tracker, time.time() - started, telemetry_lines, timeline)
             if spec.tracking.log_model:
-                tracker.log_model(outcome.model)
+                tracker.log_model(ctx.engine.chief_model(outcome.model, job))
         tracker.finish("FINISHED")
         return 0
     except preemption.Preempted as stop:
@@ -96,9 +94,10 @@ def derived_params(spec: JobSpec, ctx) -> dict:
             **{f"version.{k}": v for k, v in drivers.items()}}
 
 
-def measure_communication(spec: JobSpec, outcome, tracker) -> None:
+def measure_communication(spec: JobSpec, ctx, outcome, tracker) -> None:
     """Every rank: time an allreduce of this model's gradient size; rank 0 logs it."""
-    figures = collectives.measure_gradient_allreduce(outcome.model, spec.training.fp16_allreduce)
+    figures = collectives.measure_gradient_allreduce(outcome.model, spec.training.fp16_allreduce,
+                                                     ctx.engine, ctx.size)
     tracker.log_metrics(figures, step=0)
 
 

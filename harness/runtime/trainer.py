@@ -1,9 +1,10 @@
 """The data-parallel training of one job in one process (every rank runs this).
 
 Reads like Horovod's Keras example: data shard, model, distributed optimizer,
-callbacks, fit.  Rank-specific work (printing, checkpoints, tracking) sits in
-callbacks that only rank 0 gets, so the code here never branches on rank
-except to choose them.
+callbacks, fit.  What differs between engines (Horovod, TensorFlow's
+multi-worker strategy) is behind ``ctx.engine``.  Rank-specific work
+(printing, checkpoints, tracking) sits in callbacks that only rank 0 gets, so
+the code here never branches on rank except to choose them.
 """
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Optional
 
-import horovod.tensorflow as hvd_core  # broadcast_object is not in the Keras module
-import horovod.tensorflow.keras as hvd
 import numpy as np
 import tensorflow as tf
 
@@ -25,16 +24,6 @@ from harness.errors import RunFailed
 from harness.spec.jobs import Splits
 from harness.runtime.lr import scaled_rate
 from harness.spec.schema import JobSpec, TrainingSpec
-
-_OPTIMIZERS = {
-    # Legacy Keras optimizers: the ones Horovod 0.28's DistributedOptimizer wraps on TF 2.15.
-    "sgd": lambda lr: tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=0.9),
-    "adam": lambda lr: tf.keras.optimizers.legacy.Adam(learning_rate=lr),
-    "rmsprop": lambda lr: tf.keras.optimizers.legacy.RMSprop(learning_rate=lr),
-    "adagrad": lambda lr: tf.keras.optimizers.legacy.Adagrad(learning_rate=lr),
-    "adadelta": lambda lr: tf.keras.optimizers.legacy.Adadelta(learning_rate=lr),
-}
-
 
 @dataclass
 class Outcome:
@@ -80,9 +69,14 @@ def training_batches(job: ModuleType, spec: JobSpec, splits: Splits, ctx: Proces
     return dataset, steps, sharding.global_batch_sizes(n_train, ctx.size, steps)
 
 
+def element_specs(dataset) -> tuple:
+    """(x, y) shapes and types of a (possibly distributed) dataset's batches."""
+    return tuple(dataset.element_spec)
+
+
 def validation_dataset(job: ModuleType, spec: JobSpec, splits: Splits,
                        ctx: ProcessContext) -> tf.data.Dataset:
-    """This rank's share of the validation set; Horovod averages the results."""
+    """This rank's share of the validation set; the engine averages the results."""
     if hasattr(job, "device_batches"):
         return job.device_batches(spec.data, spec.training.batch_size, 2, spec.training.seed + 10_000)
     idx = sharding.shard_indices(len(splits.x_val), ctx.rank, ctx.size)
@@ -93,11 +87,11 @@ def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[
     t = spec.training
     if t.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # before the layers exist
-    model = job.build_model(spec.data)
     target = scaled_rate(t.learning_rate, t.lr_scaling, ctx.size)
-    compression = hvd.Compression.fp16 if t.fp16_allreduce else hvd.Compression.none
-    optimizer = hvd.DistributedOptimizer(_OPTIMIZERS[t.optimizer](target), compression=compression)
-    model.compile(optimizer=optimizer, loss=job.LOSS, metrics=list(getattr(job, "METRICS", ())))
+    with ctx.engine.scope():  # the tf engine mirrors every variable created in here
+        model = job.build_model(spec.data)
+        optimizer = ctx.engine.optimizer(t.optimizer, target, t.fp16_allreduce)
+        model.compile(optimizer=optimizer, loss=job.LOSS, metrics=list(getattr(job, "METRICS", ())))
     return model, target
 
 
@@ -108,29 +102,36 @@ def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
         tracker.log_dataset(f"{spec.name}-train", splits.x_train, splits.y_train,
                             {"job": spec.job, "spec": spec.spec_path}, "training")
     model, target_lr = compile_model(job, spec, ctx)
-    history, start, best_weights = [], 0, None
-    # Slots exist from the start: a checkpoint taken before the first step holds them too.
-    model.optimizer._create_all_weights(model.trainable_variables)
+    engine = ctx.engine
+    history, best_weights = [], None
+    start = resume_state.epoch if resume_state is not None else 0
+    train_ds, steps, per_step = training_batches(job, spec, splits, ctx, start)
+    # Every variable (optimizer slots too) exists before training: a checkpoint taken before
+    # the first step holds them all, and a restore has somewhere to put them.
+    engine.prepare(model, *element_specs(train_ds))
     if resume_state is not None:
         # Every rank reads the checkpoint (it lives on a shared filesystem), so all start equal.
-        state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer)
+        state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer, engine)
         history, start, best_weights = list(state.history), state.epoch, state.best_weights
-    train_ds, steps, per_step = training_batches(job, spec, splits, ctx, start)
     t = spec.training
     watch = cb.OverfitWatch(history, t.patience, t.min_delta, t.early_stopping, best_weights)
     callbacks = callbacks_for(spec, ctx, tracker, watch, steps, per_step, target_lr,
                               resumed=resume_state is not None, start=start)
-    validation = validation_dataset(job, spec, splits, ctx)
+    validation = engine.distribute(validation_dataset(job, spec, splits, ctx))
     if start < t.epochs and not already_stopped(watch, model):
         try:
-            model.fit(train_ds, validation_data=validation, epochs=t.epochs, initial_epoch=start,
-                      callbacks=callbacks, verbose=0)
+            model.fit(engine.distribute(train_ds, training=True),
+                      validation_data=validation, epochs=t.epochs, initial_epoch=start,
+                      callbacks=callbacks, verbose=0, shuffle=False,  # each rank shuffles its shard
+                      **engine.fit_options(steps))
         except preemption.Preempted as stop:
             stop.checkpoint_epoch = leave_checkpoint(callbacks, ctx)
             raise
-    restored = restored_val_loss(model, validation) if watch.stopped_at is not None else None
+    restored = restored_val_loss(model, validation, engine) if watch.stopped_at is not None else None
     check_ranks_agree(model, ctx)
-    final = job.evaluate(model, splits) if ctx.is_chief and hasattr(job, "evaluate") else {}
+    final = {}
+    if ctx.is_chief and hasattr(job, "evaluate"):
+        final = job.evaluate(engine.chief_model(model, job), splits)
     clock = next(c for c in callbacks if isinstance(c, cb.EpochClock))
     return Outcome(history=history, start_epoch=start, final=final,
                    stopped_early_at=watch.stopped_at, restored_val_loss=restored, model=model,
@@ -148,15 +149,13 @@ def already_stopped(watch: cb.OverfitWatch, model: tf.keras.Model) -> bool:
     return True
 
 
-def restored_val_loss(model: tf.keras.Model, validation: tf.data.Dataset) -> float:
+def restored_val_loss(model: tf.keras.Model, validation, engine) -> float:
     """val_loss of the weights early stopping restored, averaged over ranks as in fit."""
-    mine = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
-    return float(hvd_core.allreduce(tf.constant(mine, tf.float64), op=hvd_core.Average,
-                                    name="harness.restored_val_loss"))
+    return engine.allreduce_mean(model.evaluate(validation, verbose=0, return_dict=True)["loss"])
 
 
 def check_ranks_agree(model: tf.keras.Model, ctx: ProcessContext) -> None:
-    prints = trainable_fingerprints(model)
+    prints = trainable_fingerprints(model, ctx.engine)
     if len(set(prints)) != 1:
         raise RunFailed(f"trainable weights differ across ranks after training ({prints}); "
                         "a rank missed a broadcast or allreduce")
@@ -168,7 +167,7 @@ def leave_checkpoint(callbacks: list, ctx: ProcessContext) -> int:
     """Rank 0 puts the last finished epoch on disk; no rank leaves before it is there."""
     saver = next((c for c in callbacks if isinstance(c, cb.Checkpointer)), None)
     epoch = saver.save_boundary() if saver is not None else None
-    return hvd_core.broadcast_object(epoch, root_rank=0, name="harness.preempted_checkpoint")
+    return ctx.engine.broadcast_object(epoch, root=0)
 
 
 def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.OverfitWatch,
@@ -177,21 +176,20 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
     t = spec.training
     preemptible = ctx.slurm.in_step  # SLURM may send the warning signal; locally nobody does
     chain = [
-        # Start every rank from rank 0's weights (matters after a resume on one rank's files).
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        # Average metrics over ranks so every later callback decides the same on every rank.
-        hvd.callbacks.MetricAverageCallback(),
-        cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps),
+        # Equal start weights, and metrics averaged over ranks so every later callback
+        # decides the same on every rank.
+        *ctx.engine.sync_callbacks(),
+        cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps, ctx.engine),
         cb.EpochClock(samples_per_step, ctx.size),
         watch,
     ]
     if preemptible:
         # After the metric averaging: a stop between batches never splits an allreduce.
-        chain.append(cb.PreemptionGuard())
+        chain.append(cb.PreemptionGuard(ctx.engine))
     if ctx.is_chief:
         chain.append(cb.Reporter(tracker, t.epochs, steps, spec.tracking.batch_metrics_every))
         chain.append(cb.Checkpointer(
-            spec.checkpoint_dir, spec.checkpoint.every_epochs, t.epochs,
+            ctx.engine, spec.checkpoint_dir, spec.checkpoint.every_epochs, t.epochs,
             lambda done: checkpoint.CheckpointState(
                 epoch=done, history=watch.history[:done], run_id=tracker.run_id,
                 signature=checkpoint.model_signature(watch.model),

@@ -34,7 +34,7 @@ def from_probe(path: Path) -> dict:
     try:
         result = json.loads(Path(path).read_text())
         hosts = [n["host"] for n in result["nodes"]]
-        rows = sorted((r for r in result["sweep"] if r["backend"] == "horovod"),
+        rows = sorted((r for r in result["sweep"] if r["backend"] in ("horovod", "tf")),
                       key=lambda r: r["bytes"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"--probe {path}: not a `harness probe --out` result ({type(e).__name__}: "

@@ -1,10 +1,12 @@
 """``harness probe``: a pre-flight of the allocation or this machine, run on every rank.
 
 Hosts, GPUs (NVML inventory), versions, the Horovod build, and an allreduce
-bandwidth sweep with Horovod and with mpi4py, reported as bus bandwidth
+bandwidth sweep with the engine (Horovod, or TensorFlow's multi-worker strategy
+with ``--engine tf``) and, under Horovod, with mpi4py, reported as bus bandwidth
 (the nccl-tests convention).  Started like a training: ``harness probe``
 launches it on local processes; inside a SLURM allocation run
-``srun --mpi=pmix .venv/bin/python -m harness.scaling.probe``.
+``srun --mpi=pmix .venv/bin/python -m harness.scaling.probe`` (tf engine:
+``srun .venv-tf/bin/python -m harness.scaling.probe --engine tf``).
 """
 from __future__ import annotations
 
@@ -17,14 +19,15 @@ from typing import Optional
 
 import numpy as np
 
-from harness.runtime.collectives import bus_bandwidth, time_allreduce, time_horovod_allreduce
+from harness.runtime.collectives import bus_bandwidth, time_allreduce
 
 DEFAULT_SIZES = [1024 * 4 ** k for k in range(10)]  # 1 KB .. 256 MB
 
 
-def horovod_sweep(sizes: list[int]) -> list[dict]:
-    import horovod.tensorflow as hvd
-    return [_row("horovod", nbytes, hvd.size(), time_horovod_allreduce(nbytes)) for nbytes in sizes]
+def engine_sweep(ctx, sizes: list[int]) -> list[dict]:
+    """The engine's own allreduce at each size; the backend column names the engine."""
+    return [_row(ctx.engine.name, nbytes, ctx.size, ctx.engine.time_allreduce(nbytes))
+            for nbytes in sizes]
 
 
 def mpi_sweep(sizes: list[int]) -> tuple[list[dict], str]:
@@ -55,9 +58,14 @@ def _row(backend: str, nbytes: int, n: int, seconds: float) -> dict:
     return row
 
 
-def inventory() -> dict:
-    """This process's view: host, GPUs by NVML, versions, the Horovod build."""
+def horovod_build() -> dict:
     import horovod.tensorflow as hvd
+    return {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built()),
+            "controller": "mpi" if hvd.mpi_enabled() else "gloo"}
+
+
+def inventory(ctx) -> dict:
+    """This process's view: host, GPUs by NVML, versions, the Horovod build."""
     from harness.telemetry import nvml as nvml_session
     from harness.telemetry.sampler import visible_gpus
     from tracking.provenance import versions
@@ -70,10 +78,10 @@ def inventory() -> dict:
             errors.append(e)
     if errors:  # no driver here: the sweep still runs on the CPU
         gpus = [{"error": type(errors[0]).__name__}]
-    build = {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built()),
-             "controller": "mpi" if hvd.mpi_enabled() else "gloo"}
-    return {"host": socket.gethostname(), "rank": hvd.rank(), "local_rank": hvd.local_rank(),
-            "gpus": gpus, "versions": versions(nvml_session.driver_versions()), "horovod_build": build}
+    build = horovod_build() if ctx.engine.name == "horovod" else {}
+    return {"host": socket.gethostname(), "rank": ctx.rank, "local_rank": ctx.local_rank,
+            "gpus": gpus, "versions": versions(nvml_session.driver_versions()),
+            "engine": ctx.engine.name, "horovod_build": build}
 
 
 def format_report(nodes: list[dict], rows: list[dict], mpi_note: str) -> str:
@@ -84,9 +92,12 @@ def format_report(nodes: list[dict], rows: list[dict], mpi_note: str) -> str:
         gpus = next(n["gpus"] for n in nodes if n["host"] == host)
         names = [g.get("name") or f"none ({g.get('error')})" for g in gpus] or ["none"]
         lines.append(f"  {host}: GPUs {', '.join(names)}")
-    b = first["horovod_build"]
-    lines.append("horovod build: " + ", ".join(k for k in ("mpi", "gloo", "nccl") if b[k])
-                 + f"; controller in use: {b['controller']}")
+    b = first.get("horovod_build")
+    if b:
+        lines.append("horovod build: " + ", ".join(k for k in ("mpi", "gloo", "nccl") if b[k])
+                     + f"; controller in use: {b['controller']}")
+    else:
+        lines.append(f"engine: {first.get('engine', 'horovod')} (TensorFlow MultiWorkerMirroredStrategy)")
     lines.append("versions: " + ", ".join(f"{k.removeprefix('version.')} {v}"
                                           for k, v in sorted(first["versions"].items())))
     lines.append(f"{'backend':<8} {'bytes':>11} {'time':>10} {'algbw GB/s':>11} {'busbw GB/s':>11}")
@@ -103,18 +114,18 @@ def _parse(argv):
     parser.add_argument("--sizes", default="", help="bytes, comma-separated (default 1 KB..256 MB)")
     parser.add_argument("--out", default="", help="write the results as JSON here (rank 0)")
     parser.add_argument("--mlflow", action="store_true", help="log to MLflow (experiment probe)")
+    parser.add_argument("--engine", default="horovod", choices=["horovod", "tf"])
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = _parse(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES
-    import horovod.tensorflow as hvd
     from harness.runtime.distributed import init_process
-    ctx = init_process(seed=0)
-    nodes = hvd.allgather_object(inventory())
-    rows = horovod_sweep(sizes)
-    mpi_rows, mpi_note = mpi_sweep(sizes)
+    ctx = init_process(seed=0, engine_name=args.engine)
+    nodes = ctx.engine.allgather_object(inventory(ctx))
+    rows = engine_sweep(ctx, sizes)
+    mpi_rows, mpi_note = mpi_sweep(sizes) if args.engine == "horovod" else ([], "tf engine: no MPI")
     if ctx.is_chief:
         result = {"nodes": nodes, "sweep": rows + mpi_rows, "mpi_note": mpi_note}
         print(format_report(nodes, rows + mpi_rows, mpi_note), flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from typing import Optional
 from harness.scaling import comm_model
 from harness.runtime import launcher
 from harness.scaling import stats as scaling
+from harness.engines import python_for
 from harness.entrypoints import worker_command
 from harness.errors import RunFailed, UserError
 from harness.spec.loader import load_spec
@@ -79,8 +79,9 @@ def size_overrides(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str) -> lis
 
 
 def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict) -> None:
-    worker = worker_command(sys.executable, plan.spec_path, size_overrides(plan, spec, n, sweep_id))
-    if launcher.run_processes(n, worker, extra_env=env) != 0:
+    engine = spec.training.engine
+    worker = worker_command(python_for(engine), plan.spec_path, size_overrides(plan, spec, n, sweep_id))
+    if launcher.run_processes(n, worker, extra_env=env, engine=engine) != 0:
         raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+from harness.engines import DEFAULT as DEFAULT_ENGINE, ENGINES
 from harness.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
@@ -64,6 +65,9 @@ class TrainingSpec:
     gl_threshold: float = field(default=2.0, metadata=doc(
         "percent above its best that val_loss must end for the verdict to call it overfitting "
         "(Prechelt's generalization loss GL); 0.1..1000"))
+    engine: str = field(default=DEFAULT_ENGINE, metadata=doc(
+        "horovod (TensorFlow 2.15, Keras 2, MPI) or tf (current TensorFlow, Keras 3, "
+        "MultiWorkerMirroredStrategy)"))
     fp16_allreduce: bool = field(
         default=False, metadata=doc("send gradients as float16 (Horovod compression): half the bytes"))
     mixed_precision: bool = field(
@@ -85,6 +89,11 @@ class TrainingSpec:
         _require(0 <= self.min_delta <= 1e6, "min_delta", self.min_delta, "use a number >= 0")
         _require(0.1 <= self.gl_threshold <= 1000, "gl_threshold", self.gl_threshold,
                  "use 0.1..1000 (percent)")
+        _require(self.engine in ENGINES, "engine", self.engine, "use one of " + ", ".join(ENGINES))
+        # MultiWorkerMirroredStrategy has no gradient compression to switch on.
+        _require(not (self.fp16_allreduce and self.engine != "horovod"), "fp16_allreduce",
+                 self.fp16_allreduce, "only the horovod engine compresses gradients; "
+                 "use false with training.engine=tf")
 
 
 @dataclass(frozen=True)

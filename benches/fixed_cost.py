@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""A job's fixed cost: whole-process time of `harness run` against a bare Horovod Keras script.
+
+    .venv/bin/python benches/fixed_cost.py [--repeats 4] [--epochs 6] [--limit 12000]
+
+The job is the lecture's MNIST MLP (2 processes, batch 128, RMSprop) on a random file in
+mnist.npz format (12,000 training images, no download).  The bare script
+(benches/bare_mnist_keras.py) trains the same model on the same data with nothing else; the
+harness runs as users run it: tracking into a new local SQLite file, telemetry on, a checkpoint
+every epoch, the plots and the HTML report at the end.  A third variant turns tracking and
+telemetry off, to show where the rest goes.  Runs alternate so drifts in machine load hit all
+alike; each prints its median wall time, and the harness's excess over the bare script.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness.files import REPO
+
+
+def make_mnist(path: Path, n_train: int) -> None:
+    rng = np.random.default_rng(0)
+    make = lambda n: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),  # noqa: E731
+                      rng.integers(0, 10, n, dtype=np.uint8))
+    (xt, yt), (xv, yv) = make(n_train), make(2000)
+    np.savez(path, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
+
+
+def commands(args, data: Path) -> dict:
+    horovodrun = str(Path(sys.executable).with_name("horovodrun"))
+    bare = [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable,
+            str(REPO / "benches" / "bare_mnist_keras.py"), "--data", str(data),
+            "--epochs", str(args.epochs), "--limit", str(args.limit)]
+    harness = [sys.executable, "-m", "harness.cli", "run", str(REPO / "jobs" / "mnist_mlp.yaml"),
+               "--np", "2", "--set", f"data.path={data}", "--set", f"data.limit={args.limit}",
+               "--set", f"training.epochs={args.epochs}", "--set", "training.warmup_epochs=0"]
+    quiet = harness + ["--set", "tracking.enabled=false", "--set", "telemetry.enabled=false"]
+    return {"bare": bare, "harness": harness, "harness, tracking+telemetry off": quiet}
+
+
+def timed(cmd: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as work:  # a new mlflow.db and checkpoint folder each time
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
+    return seconds
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--limit", type=int, default=12000)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        data = Path(scratch) / "mnist.npz"
+        make_mnist(data, args.limit)
+        variants = commands(args, data)
+        times = {name: [] for name in variants}
+        for i in range(args.repeats):
+            names = list(variants) if i % 2 == 0 else list(reversed(variants))
+            for name in names:
+                times[name].append(timed(variants[name]))
+                print(f"  run {i + 1}: {name:<34} {times[name][-1]:6.1f} s", flush=True)
+    bare = statistics.median(times["bare"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:<34} median {median:6.1f} s ({min(values):.1f}..{max(values):.1f}), "
+              f"excess over bare {median - bare:+5.1f} s, ratio {median / bare:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""What the training runtime asks of a data-parallel engine, and how to get one.
+
+Two engines implement it: ``hvd_engine`` (Horovod, TensorFlow 2.15, Keras 2) and
+``tf_engine`` (TensorFlow's MultiWorkerMirroredStrategy, current TensorFlow, Keras 3).
+Everything else in the runtime -- sharding, learning-rate schedule, callbacks, checkpoints,
+preemption agreement, telemetry, tracking -- is written once against this interface, so
+both engines keep the same guarantees.
+
+Collectives here are the harness's own control traffic (a flag, a run id, host names), a few
+per epoch; gradients travel inside the engine's compiled step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ContextManager, Protocol
+
+import numpy as np
+
+
+class Engine(Protocol):
+    name: str
+    checkpoint_kind: str  # "tf.train" (TensorFlow checkpoint files) or "arrays" (npz)
+
+    # --- processes
+    def join(self, pin_device: Callable[[int], str]) -> tuple[int, int, int, int, str]:
+        """Join the job: (rank, size, local_rank, local_size, device)."""
+
+    def allgather_object(self, obj: Any) -> list: ...
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...
+    def agree_max(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise maximum over all ranks; every rank gets the same array."""
+    def allreduce_mean(self, value: float) -> float: ...
+
+    # --- model
+    def scope(self) -> ContextManager: ...
+    def optimizer(self, name: str, rate: float, fp16_allreduce: bool): ...
+    def prepare(self, model, x_sample, y_sample) -> None:
+        """After compile: create every variable (optimizer slots too) before training."""
+    def set_learning_rate(self, optimizer, rate: float) -> None: ...
+    def optimizer_variables(self, optimizer) -> list: ...
+    def sync_callbacks(self) -> list:
+        """Callbacks that go first: equal start weights, metrics averaged over ranks."""
+    def distribute(self, dataset, training: bool = False): ...
+    def fit_options(self, steps: int) -> dict: ...
+    def chief_model(self, model, job):
+        """A model rank 0 may use alone (predict, save) without waiting for the others."""
+
+    # --- measurement
+    def time_allreduce(self, nbytes: int, dtype: str) -> float: ...
+
+
+def load(name: str) -> Engine:
+    """The engine of that name (imports its framework: call after the cheap checks)."""
+    if name == "tf":
+        from harness.runtime import tf_engine
+        return tf_engine.TfEngine()
+    from harness.runtime import hvd_engine
+    return hvd_engine.HorovodEngine()

@@ -1,0 +1,84 @@
+"""The Horovod engine: TensorFlow 2.15, Keras 2 legacy optimizers, Gloo or MPI underneath."""
+from __future__ import annotations
+
+import contextlib
+
+import horovod.tensorflow as hvd_core  # object collectives are not in the Keras module
+import horovod.tensorflow.keras as hvd
+import numpy as np
+import tensorflow as tf
+
+from harness.runtime.collectives import time_allreduce
+
+_OPTIMIZERS = {
+    # Legacy Keras optimizers: the ones Horovod 0.28's DistributedOptimizer wraps on TF 2.15.
+    "sgd": lambda lr: tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=0.9),
+    "adam": lambda lr: tf.keras.optimizers.legacy.Adam(learning_rate=lr),
+    "rmsprop": lambda lr: tf.keras.optimizers.legacy.RMSprop(learning_rate=lr),
+    "adagrad": lambda lr: tf.keras.optimizers.legacy.Adagrad(learning_rate=lr),
+    "adadelta": lambda lr: tf.keras.optimizers.legacy.Adadelta(learning_rate=lr),
+}
+
+
+class HorovodEngine:
+    name = "horovod"
+    checkpoint_kind = "tf.train"
+
+    def join(self, pin_device):
+        hvd.init()
+        device = pin_device(hvd.local_rank())
+        return hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), device
+
+    def allgather_object(self, obj):
+        return list(hvd_core.allgather_object(obj))
+
+    def broadcast_object(self, obj, root=0):
+        return hvd_core.broadcast_object(obj, root_rank=root)
+
+    def agree_max(self, values):
+        return hvd_core.allreduce(tf.constant(np.asarray(values, np.float64)), op=hvd_core.Max,
+                                  name="harness.agree_max").numpy()
+
+    def allreduce_mean(self, value):
+        return float(hvd_core.allreduce(tf.constant(value, tf.float64), op=hvd_core.Average,
+                                        name="harness.mean"))
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def optimizer(self, name, rate, fp16_allreduce):
+        compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
+        return hvd.DistributedOptimizer(_OPTIMIZERS[name](rate), compression=compression)
+
+    def prepare(self, model, x_sample, y_sample):
+        # Slots exist from the start: a checkpoint taken before the first step holds them too.
+        model.optimizer._create_all_weights(model.trainable_variables)
+
+    def set_learning_rate(self, optimizer, rate):
+        tf.keras.backend.set_value(optimizer.lr, rate)
+
+    def optimizer_variables(self, optimizer):
+        return list(optimizer.variables())
+
+    def sync_callbacks(self):
+        # Start every rank from rank 0's weights (matters after a resume on one rank's files);
+        # average metrics over ranks so every later callback decides the same on every rank.
+        return [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+                hvd.callbacks.MetricAverageCallback()]
+
+    def distribute(self, dataset, training=False):
+        return dataset
+
+    def fit_options(self, steps):
+        return {}
+
+    def chief_model(self, model, job):
+        return model
+
+    def time_allreduce(self, nbytes, dtype="float32"):
+        tensor = tf.ones([max(1, nbytes // tf.as_dtype(dtype).size)], dtype=dtype)
+        name = f"probe.{dtype}.{nbytes}"
+        return time_allreduce(
+            lambda: hvd_core.allreduce(tensor, op=hvd_core.Sum, name=name).numpy(),
+            lambda: hvd_core.allreduce(tf.constant(0), name="probe.barrier").numpy(),
+            lambda v: int(hvd_core.allreduce(tf.constant(v), op=hvd_core.Max, name="probe.agree")))
