@@ -114,3 +114,35 @@ def test_the_best_weights_travel_with_the_checkpoint(tmp_path):
     checkpoint.save(tmp_path, model, model.optimizer, _state(model, 6))  # none kept yet: none back
     again = _model()
     assert checkpoint.restore(tmp_path, again, again.optimizer).best_weights is None
+
+
+class _ArraysEngine:
+    """The tf engine's way of storing weights (npz), on this environment's Keras."""
+    checkpoint_kind = "arrays"
+
+    @staticmethod
+    def optimizer_variables(optimizer):
+        return list(optimizer.variables())
+
+
+def test_the_arrays_kind_roundtrips_weights_and_optimizer_state(tmp_path):
+    model = _model()
+    checkpoint.save(tmp_path, model, model.optimizer, _state(model, 2), engine=_ArraysEngine)
+    folder = tmp_path / "epoch-00002"
+    assert (folder / checkpoint.WEIGHTS).is_file() and not list(folder.glob("weights.index"))
+    fresh = _model()
+    checkpoint.restore(tmp_path, fresh, fresh.optimizer, engine=_ArraysEngine)
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        assert (a == b).all()
+    for a, b in zip(model.optimizer.variables(), fresh.optimizer.variables()):
+        assert (a.numpy() == b.numpy()).all()
+
+
+def test_a_checkpoint_resumes_only_on_the_engine_that_wrote_it(tmp_path):
+    model = _model()
+    checkpoint.save(tmp_path / "tf", model, model.optimizer, _state(model, 1), engine=_ArraysEngine)
+    checkpoint.save(tmp_path / "hvd", model, model.optimizer, _state(model, 1))
+    with pytest.raises(UserError, match="written by the tf engine; resume it with training.engine=tf"):
+        checkpoint.restore(tmp_path / "tf", _model(), model.optimizer)
+    with pytest.raises(UserError, match="written by the horovod engine"):
+        checkpoint.restore(tmp_path / "hvd", _model(), model.optimizer, engine=_ArraysEngine)

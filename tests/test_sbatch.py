@@ -171,3 +171,19 @@ def test_mpi_yields_the_core_on_a_cpu_partition_only():
     cpu = render_sbatch(spec, cpu_only, Path("/opt/h"), Path("/l"))
     assert "export OMPI_MCA_mpi_yield_when_idle=1" in cpu
     assert "OMPI_MCA_mpi_yield_when_idle" not in gpu
+
+
+def test_the_tf_engine_launches_with_srun_and_its_own_environment():
+    """No MPI plugin and no Horovod settings; --kill-on-bad-exit stops the step when one worker
+    dies; the worker is the tf environment's Python, whatever the profile's MPI launch says."""
+    for launch in ("srun-pmix", "mpirun"):
+        profile = dataclasses.replace(LARS, partitions={
+            name: dataclasses.replace(part, launch=launch) for name, part in LARS.partitions.items()})
+        spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", ["training.engine=tf", "resources.nodes=2"])
+        script = render_sbatch(spec, profile, Path("/opt/h"), Path("/l"))
+        launch_line = shlex.split(next(line for line in script.splitlines()
+                                       if line.startswith(("srun ", "mpirun "))))
+        assert launch_line[:4] == ["srun", "--mpi=none", "--unbuffered", "--kill-on-bad-exit=1"]
+        assert "--ntasks=12" in launch_line and "--ntasks-per-node=6" in launch_line
+        assert launch_line[launch_line.index("-m") - 1] == "/opt/h/.venv-tf/bin/python"
+        assert "HOROVOD_" not in script and "--mpi=pmix" not in script

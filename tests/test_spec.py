@@ -68,6 +68,8 @@ BAD = [  # (yaml or overrides, words the one-line error must contain)
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {seed: -3}", ["training.seed=-3", ">= 0"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {early_stopping: maybe}", ["training.early_stopping='maybe'", "true or false"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ncheckpoint: {every_epochs: 0}", ["checkpoint.every_epochs=0", ">= 1"]),
+    ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {engine: pytorch}", ["training.engine='pytorch'", "horovod, tf"]),
+    ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {engine: tf, fp16_allreduce: true}", ["training.fp16_allreduce=True", "only the horovod engine", "engine=tf"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\nresources: {nodes: 0}", ["resources.nodes=0", "1..64"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\nresources: {gpus_per_node: 99}", ["resources.gpus_per_node=99", "0..16"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\nresources: {time: 1h}", ["resources.time='1h'", "HH:MM:SS"]),

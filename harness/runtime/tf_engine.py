@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from harness.runtime.collectives import time_allreduce
+from slurm import preemption
 from slurm.environment import SlurmEnvironment
 
 _OPTIMIZERS = {
@@ -41,9 +42,12 @@ def cluster_resolver(slurm: SlurmEnvironment):
     """Who the workers are: SLURM's step, or TF_CONFIG (absent for a single local process)."""
     if slurm.in_step:
         base = int(os.environ.get(PORT_BASE_ENV) or slurm_port_base(slurm.job_id))
-        # auto_set_gpu=False: the harness pins the GPU itself (local rank modulo visible GPUs).
+        # The harness pins the GPU itself (local rank modulo visible GPUs): auto_set_gpu=False.
+        # The resolver's GPU counts then only pace its address list; giving them keeps it from
+        # running nvidia-smi, which CPU nodes do not have (one "GPU" per task, ntasks a bound).
         return tf.distribute.cluster_resolver.SlurmClusterResolver(
-            port_base=base, auto_set_gpu=False, rpc_layer="grpc")
+            port_base=base, auto_set_gpu=False, gpus_per_node=slurm.ntasks, gpus_per_task=1,
+            rpc_layer="grpc")
     return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
@@ -107,6 +111,10 @@ class TfEngine:
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver if spec else None, communication_options=ring)
+        # The strategy's coordination service installs its own SIGTERM handler in C++ (its
+        # preemption notifier), which swallowed SLURM's preemption: the job trained on until
+        # SIGKILL.  The harness's handler goes back, so both engines stop the same way.
+        preemption.install(in_slurm_step=slurm.in_step)
         _keep_step_logs_local()
         self.rank = rank
         return rank, self.strategy.num_replicas_in_sync, local_rank, local_size, device
