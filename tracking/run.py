@@ -88,8 +88,10 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> obj
     """
     if not ctx.is_chief or not spec.tracking.enabled or not check_reachable(spec):
         return NullTracker()
+    from tracking import store_template
     from tracking.mlflow_tracker import MlflowClient, logged_steps
 
+    store_template.seed(tracking_uri())
     client = MlflowClient(tracking_uri())
     run_id = os.environ.get("MLFLOW_RUN_ID") or (resume_state.run_id if resume_state else None)
     already = {}
@@ -105,6 +107,16 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> obj
     if resume_state is not None:
         tracker.backfill(resume_state.history)
     return tracker
+
+
+def open_tracker_in_background(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
+                               on_open=None) -> object:
+    """``open_tracker`` on a thread (rank 0): training starts while the run opens; see
+    tracking/deferred.py.  ``on_open(tracker)`` runs on that thread once the run is open."""
+    if not ctx.is_chief or not spec.tracking.enabled:
+        return NullTracker()
+    from tracking.deferred import DeferredTracker
+    return DeferredTracker(lambda: open_tracker(spec, ctx, resume_state, derived), on_open)
 
 
 def mark_failed(run_id: str, uri: str, reason: str) -> None:

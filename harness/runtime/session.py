@@ -17,7 +17,7 @@ from harness.spec import freeze
 from harness.spec.schema import JobSpec
 from harness.telemetry import nvml
 from slurm import preemption
-from tracking import open_tracker, tracking_uri
+from tracking import open_tracker_in_background, tracking_uri
 
 
 def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
@@ -27,11 +27,14 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
     if ctx.is_chief:
         where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
-    tracker = open_tracker(spec, ctx, state, derived_params(spec, ctx))
+    # Rank 0 opens the MLflow run on a thread while training starts (seconds of MLflow import
+    # and store checks no rank waits for); calls made meanwhile are replayed into it.
+    tracker = open_tracker_in_background(spec, ctx, state, derived_params(spec, ctx),
+                                         on_open=lambda opened: tell_launcher(ctx, opened))
     record_job_file(spec, ctx, tracker)
-    tell_launcher(ctx, tracker)
     check_requeue_cap(ctx, tracker)
-    run_id = ctx.engine.broadcast_object(tracker.run_id)  # every node writes into this run
+    # Other nodes' telemetry writes into the run by its id: a multi-node job waits for it here.
+    run_id = ctx.engine.broadcast_object(tracker.run_id) if len(ctx.hosts) > 1 else None
     sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
