@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A job's fixed cost: whole-process time of `harness run` against a bare Horovod Keras script.
 
-    .venv/bin/python benches/fixed_cost.py [--repeats 4] [--epochs 6] [--limit 12000]
+    .venv/bin/python benches/fixed_cost.py [--repeats 4] [--epochs 6] [--limit 12000] [--np 2]
 
 The job is the lecture's MNIST MLP (2 processes, batch 128, RMSprop) on a random file in
 mnist.npz format (12,000 training images, no download).  The bare script
@@ -36,11 +36,11 @@ def make_mnist(path: Path, n_train: int) -> None:
 
 def commands(args, data: Path) -> dict:
     horovodrun = str(Path(sys.executable).with_name("horovodrun"))
-    bare = [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable,
+    bare = [horovodrun, "--gloo", "-np", str(args.np), "-H", f"localhost:{args.np}", sys.executable,
             str(REPO / "benches" / "bare_mnist_keras.py"), "--data", str(data),
             "--epochs", str(args.epochs), "--limit", str(args.limit)]
     harness = [sys.executable, "-m", "harness.cli", "run", str(REPO / "jobs" / "mnist_mlp.yaml"),
-               "--np", "2", "--set", f"data.path={data}", "--set", f"data.limit={args.limit}",
+               "--np", str(args.np), "--set", f"data.path={data}", "--set", f"data.limit={args.limit}",
                "--set", f"training.epochs={args.epochs}", "--set", "training.warmup_epochs=0"]
     quiet = harness + ["--set", "tracking.enabled=false", "--set", "telemetry.enabled=false"]
     return {"bare": bare, "harness": harness, "harness, tracking+telemetry off": quiet}
@@ -61,6 +61,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--limit", type=int, default=12000)
+    p.add_argument("--np", type=int, default=2, help="processes (1 leaves a core free here)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "mnist.npz"

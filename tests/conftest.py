@@ -52,15 +52,27 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
 ENGINES = ("horovod", "tf")
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    """Each engine-specific test runs on both engines; the tf one needs `make setup ENGINE=tf`."""
-    if request.param == "tf" and not (REPO / ".venv-tf" / "bin" / "python").exists():
+def _require_tf_engine() -> None:
+    if not (REPO / ".venv-tf" / "bin" / "python").exists():
         reason = "no tf engine environment (.venv-tf): make setup ENGINE=tf"
         if os.environ.get("HARNESS_REQUIRE_ALL"):
             pytest.fail(f"both engines are required in CI: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each engine-specific test runs on both engines; the tf one needs `make setup ENGINE=tf`."""
+    if request.param == "tf":
+        _require_tf_engine()
     return request.param
+
+
+@pytest.fixture
+def tf_engine():
+    """A test of the tf engine alone."""
+    _require_tf_engine()
+    return "tf"
 
 
 def on_engine(engine: str) -> list:

@@ -241,6 +241,20 @@ def test_probe_under_horovodrun_gloo_reports_bus_bandwidth(workdir):
     assert kind == "intra" and bw > 0 and latency > 0 and source.startswith("harness probe")
 
 
+@pytest.mark.multiproc
+def test_probe_times_the_tf_engines_own_allreduce(workdir, tf_engine):
+    done = run_cli("probe", "--np", "2", "--engine", "tf", "--max-bytes", "16384", "--out",
+                   "probe.json", cwd=workdir, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = done.stdout
+    assert "probe: 2 process(es) on 1 host(s)" in out and "engine: tf" in out
+    rows = re.findall(r"^tf\s+(\d+)\s+([\d.]+)ms\s+(\S+)\s+(\S+)$", out, re.M)
+    assert [int(r[0]) for r in rows] == [1024, 4096, 16384] and all(float(r[3]) > 0 for r in rows)
+    assert "mpi4py: skipped, tf engine: no MPI" in out
+    (kind, (bw, _, _)), = links.from_probe(workdir / "probe.json").items()
+    assert kind == "intra" and bw > 0
+
+
 def test_fp16_compression_halves_the_modelled_gradient_bytes():
     import tensorflow as tf
     from harness.runtime.collectives import gradient_bytes
