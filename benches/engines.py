@@ -66,7 +66,7 @@ def run(job: list[str], engine: str, np_: int, work: Path) -> tuple[float, float
         raise RuntimeError(f"{engine} {job[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     rates = [float(m.group(2)) for line in done.stdout.splitlines()
              if (m := RATE.match(line)) and int(m.group(1)) > 1]
-    return statistics.mean(rates), seconds
+    return (statistics.mean(rates) if rates else float("nan")), seconds
 
 
 def main() -> int:
