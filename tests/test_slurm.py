@@ -95,6 +95,10 @@ def _requeued_once_then_completed(slurm, workdir, job_id: str, after: str = "") 
     while slurm.job(job_id).get("Restarts") != "1":
         assert time.monotonic() < deadline, f"job {job_id} did not requeue: {slurm.job(job_id)}"
         time.sleep(0.5)
+    # slurmd revokes the first attempt's credential when it ends, to the second: an attempt
+    # started within that second is killed ("Job credential revoked") and the job ends FAILED
+    # (seen in CI).  SLURM's own requeue hold is minutes; the test's shortcut waits 2 s.
+    time.sleep(2)
     if after:
         slurm.wait_state(after, {"COMPLETED", "FAILED", "CANCELLED"}, 120)
     slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")
