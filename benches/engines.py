@@ -24,20 +24,11 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 from harness.files import REPO
+from mnist_file import make_mnist  # benches/, beside this script
 
 RATE = re.compile(r"^epoch +(\d+)/\d+ .* (\d+) samples/s$")
 ENGINES = ("horovod", "tf")
-
-
-def make_mnist(path: Path, n_train: int) -> None:
-    rng = np.random.default_rng(0)
-    make = lambda n: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),  # noqa: E731
-                      rng.integers(0, 10, n, dtype=np.uint8))
-    (xt, yt), (xv, yv) = make(n_train), make(2000)
-    np.savez(path, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
 
 
 def jobs(work: Path) -> dict:
