@@ -107,10 +107,10 @@ class TfEngine:
         rank = int(resolver.task_id or 0) if spec else 0
         local_rank, local_size = local_placement(slurm, rank, size)
         device = pin_device(local_rank)  # before the strategy starts TensorFlow's runtime
-        ring = tf.distribute.experimental.CommunicationOptions(
+        collectives = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            cluster_resolver=resolver if spec else None, communication_options=ring)
+            cluster_resolver=resolver if spec else None, communication_options=collectives)
         # The strategy's coordination service installs its own SIGTERM handler in C++ (its
         # preemption notifier), which swallowed SLURM's preemption: the job trained on until
         # SIGKILL.  The harness's handler goes back, so both engines stop the same way.
