@@ -73,6 +73,38 @@ def build_parser() -> OneLineParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint an earlier job left in checkpoint.dir")
 
+    p = verbs.add_parser("sweep", help="a hyperparameter sweep: one SLURM job array (or local "
+                         "processes), one parent MLflow run with a child run per point")
+    p.add_argument("spec", nargs="?", help="the job's YAML spec (not with --summarize)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field for every point (repeatable)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values to try for one spec field; several --grid: every combination")
+    p.add_argument("--random", type=int, default=None, metavar="N",
+                   help="draw N points from the --range intervals (crossed with any --grid)")
+    p.add_argument("--range", dest="ranges", action="append", default=[],
+                   metavar="KEY=LOW:HIGH[:log]", help="an interval for --random; integers if "
+                   "both ends are; :log draws evenly in the logarithm (learning rates)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the --random draws (default: a new one, recorded); the same "
+                   "seed and ranges give the same points")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="K",
+                   help="points running at once (SLURM: --array=...%%K; local: default 1)")
+    p.add_argument("--local", action="store_true", help="run the points as local processes")
+    p.add_argument("--np", type=int, default=1, help="with --local: processes per point (default 1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the points (and the array's script) and stop; nothing written")
+    p.add_argument("--summarize", metavar="ID", default="",
+                   help="write a sweep's results table and plots onto its parent run now "
+                   "(ID: the sweep id, its folder, or its array's job id)")
+    for flag, what in (("--nodes", "resources.nodes"), ("--gpus-per-node", "resources.gpus_per_node")):
+        p.add_argument(flag, type=int, help=f"overrides {what}")
+    p.add_argument("--partition", help="overrides resources.partition")
+    p.add_argument("--time", help="overrides resources.time, per point")
+    p.add_argument("--cluster", default="",
+                   help="cluster profile name or YAML path (default $HARNESS_CLUSTER or lars)")
+    _sbatch_arg(p)
+
     p = verbs.add_parser("status", help="the harness's SLURM jobs and their latest epoch")
     p.add_argument("job_id", nargs="?", help="one job (default: all jobs submitted from here)")
 
@@ -205,10 +237,28 @@ def cmd_submit(args) -> int:
     return submit(sub, args.dry_run)
 
 
+def cmd_sweep(args) -> int:
+    from slurm import options as sbatch_options
+    from harness.sweep.command import SweepRequest, sweep
+    if args.summarize:
+        if args.spec:
+            raise UserError("harness sweep --summarize ID takes no spec; it reads the sweep's "
+                            "points file")
+        from harness.sweep.summary import summarize
+        return summarize(args.summarize)
+    if not args.spec:
+        raise UserError("harness sweep: give the job's spec, e.g. harness sweep "
+                        "jobs/diabetes_mlp.yaml --grid training.learning_rate=1e-3,3e-4")
+    return sweep(SweepRequest(
+        args.spec, args.overrides + resource_overrides(args), args.grid, args.ranges, args.random,
+        args.seed, args.max_parallel, args.local, args.np, args.dry_run, args.cluster,
+        sbatch_options.parse_cli(args.sbatch)))
+
+
 def cmd_status(args) -> int:
     from slurm.status import show
-    from tracking.summary import job_progress
-    return show(args.job_id, job_progress)
+    from tracking.summary import job_progress, run_progress
+    return show(args.job_id, job_progress, point_progress=run_progress)
 
 
 def cmd_scale(args) -> int:
@@ -280,7 +330,7 @@ def cmd_tracking(args) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "render": cmd_render, "submit": cmd_submit,
-            "status": cmd_status, "scale": cmd_scale, "probe": cmd_probe, "report": cmd_report,
+            "sweep": cmd_sweep, "status": cmd_status, "scale": cmd_scale, "probe": cmd_probe, "report": cmd_report,
             "tracking": cmd_tracking}
 
 

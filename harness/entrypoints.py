@@ -18,3 +18,9 @@ def worker_command(python: str, spec_path: str, overrides: Sequence[str] = (),
     for override in overrides:
         cmd += ["--set", override]
     return cmd + (["--resume"] if resume else [])
+
+
+def sweep_worker_command(python: str, points_file: str) -> list[str]:
+    """A sweep's array task: its point (spec and MLflow run) comes from the points file by
+    SLURM_ARRAY_TASK_ID; ``--resume`` as every batch job, so a requeued task continues."""
+    return [python, "-m", WORKER, "--sweep-points", points_file, "--resume"]

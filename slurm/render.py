@@ -11,13 +11,14 @@ cannot run a command.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import jinja2
 
 from harness.engines import TF, venv_python
-from harness.entrypoints import worker_command
+from harness.entrypoints import sweep_worker_command, worker_command
 from harness.spec.schema import JobSpec
 from slurm import options as extra_options
 from slurm import preemption
@@ -35,8 +36,21 @@ LAUNCHERS = {"srun-pmix": ["srun", "--mpi=pmix", "--unbuffered"],
 TF_LAUNCHER = ["srun", "--mpi=none", "--unbuffered", "--kill-on-bad-exit=1"]
 
 
+@dataclass(frozen=True)
+class JobArray:
+    """A sweep: one array task per point, at most ``max_parallel`` at once, each reading its
+    point from ``points_file`` by SLURM_ARRAY_TASK_ID."""
+    size: int
+    max_parallel: Optional[int]
+    points_file: Path
+
+    @property
+    def option(self) -> str:
+        return f"0-{self.size - 1}" + (f"%{self.max_parallel}" if self.max_parallel else "")
+
+
 def sbatch_options(spec: JobSpec, cluster: Cluster, log_dir: Path, workdir: Path,
-                   extra: Mapping[str, Optional[str]] = ()) -> dict:
+                   extra: Mapping[str, Optional[str]] = (), array: Optional[JobArray] = None) -> dict:
     """The #SBATCH options; every count derived from the spec and the partition once.
 
     ``extra`` (from ``--sbatch``) wins over the spec's ``resources.sbatch``, which wins over
@@ -57,6 +71,9 @@ def sbatch_options(spec: JobSpec, cluster: Cluster, log_dir: Path, workdir: Path
     }
     if part.gres:
         computed["gres"] = f"gpu:{gpus}"
+    if array is not None:  # %A_%a: the array's id and the task's index, one log per point
+        computed.update({"array": array.option, "output": str(log_dir / "%x-%A_%a.out"),
+                         "error": str(log_dir / "%x-%A_%a.err")})
     site = extra_options.merged(cluster.sbatch_options(partition),
                                 extra_options.check(spec.resources.sbatch, "resources.sbatch"),
                                 dict(extra))
@@ -96,12 +113,17 @@ def _environment(template_dir: Path) -> jinja2.Environment:
 
 def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
                   overrides: Sequence[str] = (), tracking_uri: str = "",
-                  workdir: Path | None = None, extra: Mapping[str, Optional[str]] = ()) -> str:
-    """The script; the job runs in ``workdir`` (default: the repository) with ``repo``'s venv."""
-    options = sbatch_options(spec, cluster, log_dir, workdir or repo, extra)
+                  workdir: Path | None = None, extra: Mapping[str, Optional[str]] = (),
+                  array: Optional[JobArray] = None) -> str:
+    """The script; the job runs in ``workdir`` (default: the repository) with ``repo``'s venv.
+    With ``array``, every task trains the point its index names in the points file."""
+    options = sbatch_options(spec, cluster, log_dir, workdir or repo, extra, array)
     _, part = cluster.partition(spec.resources.partition)
     python = venv_python(spec.training.engine, repo)
-    worker = worker_command(python, spec.spec_path, overrides, resume=True)  # requeues continue
+    if array is None:
+        worker = worker_command(python, spec.spec_path, overrides, resume=True)  # requeues continue
+    else:
+        worker = sweep_worker_command(python, str(array.points_file))
     template = _environment(cluster.template.parent).get_template(cluster.template.name)
     return template.render(
         spec_path=spec.spec_path, cluster=cluster.name, options=sorted(options.items()),
@@ -132,3 +154,20 @@ def parse_sbatch_options(script: str) -> dict:
             key, _, value = line[len("#SBATCH --"):].partition("=")
             options[key] = shlex.split(value)[0] if value else None
     return options
+
+
+def render_summary_script(name: str, partition: str, log_dir: Path, workdir: Path, python: str,
+                          sweep_folder: Path, tracking_uri: str,
+                          site: Mapping[str, Optional[str]] = ()) -> str:
+    """The one-core job that summarizes a sweep once its array has ended (afterany)."""
+    options = {**dict(site), "job-name": f"{name}-sweep-summary", "partition": partition,
+               "ntasks": "1", "cpus-per-task": "1", "mem": "2G", "time": "00:15:00",
+               "chdir": str(workdir), "output": str(log_dir / "%x-%j.out"),
+               "open-mode": "append"}
+    lines = ["#!/bin/bash", f"# Summarizes sweep {sweep_folder.name} when its points have ended."]
+    lines += [f"#SBATCH --{k}" + ("" if v is None else f"={shlex.quote(str(v))}")
+              for k, v in sorted(options.items())]
+    lines += ["set -euo pipefail", _exports({"MLFLOW_TRACKING_URI": tracking_uri}) if tracking_uri else "",
+              " ".join(map(shlex.quote, [python, "-m", "harness.cli", "sweep", "--summarize",
+                                         str(sweep_folder)]))]
+    return "\n".join(line for line in lines if line) + "\n"

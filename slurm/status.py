@@ -65,6 +65,40 @@ def _scontrol_state(job_id: str) -> str:
 
 
 
+def array_task_states(array_job_id: str, size: int) -> dict[int, str]:
+    """{task index: state} of a job array: squeue (one line per task with -r) while queued,
+    then sacct, else ``scontrol show job``, else FORGOTTEN."""
+    states = {}
+    for line in (_run(["squeue", "-h", "-r", "-j", array_job_id, "-o", "%i|%T"]) or "").splitlines():
+        task, _, state = line.partition("|")
+        index = task.rpartition("_")[2]
+        if index.isdigit():
+            states[int(index)] = state
+    missing = [i for i in range(size) if i not in states]
+    if missing:
+        for index, state in _finished_tasks(array_job_id).items():
+            states.setdefault(index, state)
+    return {i: states.get(i, FORGOTTEN) for i in range(size)}
+
+
+def _finished_tasks(array_job_id: str) -> dict[int, str]:
+    out = _run(["sacct", "-n", "-P", "-X", "-j", array_job_id, "-o", "JobID,State"]) or ""
+    found = {}
+    for line in out.splitlines():
+        task, _, state = line.partition("|")
+        index = task.rpartition("_")[2]
+        if task.startswith(f"{array_job_id}_") and index.isdigit() and state:
+            found[int(index)] = state.split()[0]
+    if found:
+        return found
+    # No accounting: the controller keeps one record per started task for MinJobAge seconds.
+    for record in (_run(["scontrol", "show", "job", array_job_id]) or "").split("\n\n"):
+        fields = dict(word.split("=", 1) for word in record.split() if "=" in word)
+        if fields.get("ArrayJobId") == array_job_id and fields.get("ArrayTaskId", "").isdigit():
+            found[int(fields["ArrayTaskId"])] = fields.get("JobState", FORGOTTEN)
+    return found
+
+
 def job_records(log_root: Path) -> dict[str, dict]:
     """The records `harness submit` wrote under runs/*/slurm/ (newest job last)."""
     records = {}
@@ -82,12 +116,17 @@ def _job_order(job_id: str) -> int:
 
 
 def show(job_id: Optional[str], progress: Callable[[dict, str], str],
-         log_root: Path = Path("runs")) -> int:
-    """One line per job; ``progress(record, job_id)`` says how far its training is (from MLflow)."""
+         log_root: Path = Path("runs"),
+         point_progress: Optional[Callable[[str, str, object], str]] = None) -> int:
+    """One line per job; ``progress(record, job_id)`` says how far its training is (from MLflow).
+    A sweep is one line with its points' states counted; asked for by its id, one line per
+    point, whose progress ``point_progress(tracking uri, run id, epochs)`` reads."""
     if shutil.which("squeue") is None:
         raise UserError("squeue: not found; `harness status` runs where SLURM's commands are")
-    queued = queued_jobs()
     records = job_records(log_root)
+    sweeps = {jid for jid, rec in records.items() if rec.get("kind") == "sweep"}
+    # An array's tasks (123_0, 123_[2-3]) belong to their sweep's line.
+    queued = {jid: q for jid, q in queued_jobs().items() if jid.partition("_")[0] not in sweeps}
     ids = [job_id] if job_id else sorted(set(records) | set(queued), key=_job_order)
     if job_id and job_id not in records and job_id not in queued:
         raise UserError(f"job {job_id}: not a harness job in squeue or under {log_root}/*/slurm/; "
@@ -95,8 +134,11 @@ def show(job_id: Optional[str], progress: Callable[[dict, str], str],
     if not ids:
         print(f"no harness jobs in the queue or under {log_root}/*/slurm/")
         return 0
-    gone = finished_states([jid for jid in ids if jid not in queued])
+    gone = finished_states([jid for jid in ids if jid not in queued and jid not in sweeps])
     for jid in ids:
+        if jid in sweeps:
+            show_sweep(jid, records[jid], detail=bool(job_id), point_progress=point_progress)
+            continue
         rec = records.get(jid, {})
         live = queued.get(jid)
         state = f"{live['state']} {live['elapsed']}" if live else gone[jid]
@@ -108,3 +150,29 @@ def show(job_id: Optional[str], progress: Callable[[dict, str], str],
         if rec and job_id:
             print(f"{'':>8}  logs {rec['log_dir']}/{name}-{jid}.out")
     return 0
+
+
+def show_sweep(jid: str, rec: dict, detail: bool, point_progress=None) -> None:
+    """``123  diabetes_mlp  sweep of 4 points: 1 COMPLETED, 1 RUNNING, 2 PENDING``; with
+    ``detail``, each point's task, values, state and latest epoch."""
+    from harness.spec import sweep_points
+    states = array_task_states(jid, int(rec["points"]))
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    print(f"{jid:>8}  {rec['name']:<20} sweep of {rec['points']} points: {summary}")
+    if not detail:
+        return
+    try:
+        points = sweep_points.read(Path(rec["points_file"]))["points"]
+    except UserError as e:
+        print(f"{'':>8}  {e}")
+        return
+    for p in points:
+        task = f"{jid}_{p['index']}"
+        progress = (point_progress(rec["tracking_uri"], p["run_id"], rec.get("epochs", "?"))
+                    if point_progress else "")
+        print(f"{task:>10}  {p['name'][:28]:<28} {states[p['index']]:<10} {progress}")
+    print(f"{'':>8}  logs {rec['log_dir']}/{rec['name']}-{jid}_<point>.out; results: harness "
+          f"sweep --summarize {rec['sweep_id']}")

@@ -51,11 +51,7 @@ def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
     earlier run's epoch time.  ``extra`` holds ``--sbatch`` options.  The script runs the spec
     as it is now, frozen beside it when the job is queued (``--set`` overrides included).
     """
-    partition, part = check_fit(spec.resources, cluster)
-    check_time(spec)
-    check_tracking_uri(spec, uri)
-    check_launch(part, spec.training.engine)
-    check_checkpoint_interval(spec, epoch_estimate)
+    partition = check_job(spec, cluster, uri, epoch_estimate)
     workdir = Path.cwd()
     log_dir = (workdir / "runs" / spec.name / "slurm").resolve()
     # Unique per submission: `harness scale` queues several sizes from one process in one second,
@@ -64,6 +60,17 @@ def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
     frozen = dataclasses.replace(spec, spec_path=str(freeze.frozen_paths(log_dir, stem)[0]))
     script = render_sbatch(frozen, cluster, REPO, log_dir, (), uri, workdir=workdir, extra=extra)
     return Submission(spec, partition, script, log_dir, uri, stem)
+
+
+def check_job(spec: JobSpec, cluster: Cluster, uri: str,
+              epoch_estimate: Optional[tuple[float, str]] = None) -> str:
+    """Every check a job passes before it is queued; its partition."""
+    partition, part = check_fit(spec.resources, cluster)
+    check_time(spec)
+    check_tracking_uri(spec, uri)
+    check_launch(part, spec.training.engine)
+    check_checkpoint_interval(spec, epoch_estimate)
+    return partition
 
 
 def check_time(spec: JobSpec) -> None:

@@ -16,7 +16,7 @@ from conftest import REPO
 # Top to bottom.  A module may import its own package and any lower layer, nothing else of ours.
 LAYERS = [
     ["harness.cli"],
-    ["harness.scaling"],
+    ["harness.scaling", "harness.sweep"],  # peers: orchestrate runs, never each other
     ["harness.runtime"],
     ["slurm", "tracking", "harness.telemetry"],  # peers: none imports another
     ["harness.spec"],

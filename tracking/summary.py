@@ -64,11 +64,24 @@ def job_progress(rec: dict, job_id: str) -> str:
         return f"mlflow unreachable ({type(e).__name__})"
     if not runs:
         return "no MLflow run yet"
-    run = runs[0]
+    return _progress(client, runs[0], rec.get("epochs", "?"))
+
+
+def run_progress(uri: str, run_id: str, epochs) -> str:
+    """A sweep point's progress, from its child run (known by id from the points file)."""
+    try:
+        from tracking.mlflow_tracker import MlflowClient
+        client = MlflowClient(uri)
+        return _progress(client, client.get_run(run_id), epochs)
+    except Exception as e:
+        return f"mlflow unreachable ({type(e).__name__})"
+
+
+def _progress(client, run, epochs) -> str:
     history = client.get_metric_history(run.info.run_id, "loss")
     if not history:
         return f"run {run.info.run_id[:8]} {run.info.status}, no epoch finished yet"
     step = max(m.step for m in history)
     values = "  ".join(f"{k} {run.data.metrics[k]:.4f}" for k in SHOWN_METRICS if k in run.data.metrics)
-    epoch = f"{human_epoch(step)}/{rec.get('epochs', '?')}"
+    epoch = f"{human_epoch(step)}/{epochs}"
     return f"run {run.info.run_id[:8]} {run.info.status}: epoch {epoch}  {values}"

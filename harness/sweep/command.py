@@ -1,0 +1,98 @@
+"""``harness sweep``: plan and check every point, then run them locally or queue the job array."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from typing import Optional
+
+from harness.errors import UserError
+from harness.sweep import plan as planning
+from harness.sweep import space as search
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    spec_path: str
+    overrides: list
+    grid: list = field(default_factory=list)
+    ranges: list = field(default_factory=list)
+    random_points: Optional[int] = None
+    seed: Optional[int] = None
+    max_parallel: Optional[int] = None
+    local: bool = False
+    processes: int = 1  # local: processes per point
+    dry_run: bool = False
+    cluster: str = ""
+    sbatch: dict = field(default_factory=dict)
+
+
+def sweep(req: SweepRequest) -> int:
+    if req.max_parallel is not None and not 1 <= req.max_parallel <= search.MAX_POINTS:
+        raise UserError(f"--max-parallel {req.max_parallel}: use 1..{search.MAX_POINTS} points at once")
+    if not 1 <= req.processes <= 256:
+        raise UserError(f"--np {req.processes}: use 1..256 processes per point")
+    space = search.build_space(req.grid, req.ranges, req.random_points, req.seed)
+    plan = planning.plan_sweep(req.spec_path, req.overrides, space)  # every point, or exit 2
+    return run_locally(req, plan) if req.local else submit_array(req, plan)
+
+
+def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
+    from harness.sweep import local, runs, summary
+    from harness.telemetry import nvml
+    from tracking.run import check_reachable, tracking_uri
+    gpus = nvml.device_count()
+    at_once = local.parallelism(req.max_parallel or 1, req.processes, gpus)
+    planning.print_points(plan)
+    if req.dry_run:
+        print(f"dry run: nothing run ({len(plan.points)} points, {at_once} at a time, "
+              f"{req.processes} process(es) each)", flush=True)
+        return 0
+    check_reachable(plan.base)
+    parent, children = runs.open_runs(plan, "local", {"sweep.max_parallel": at_once,
+                                                      "sweep.processes_per_point": req.processes})
+    parent.close()
+    points_file = planning.freeze_points(plan, children, parent.run_id, tracking_uri(), "local",
+                                         req.processes)
+    print(f"sweep: parent run {parent.run_id} at {tracking_uri()}; points file {points_file}",
+          flush=True)
+    from harness.spec import sweep_points
+    try:
+        codes = local.run_points(sweep_points.read(points_file), req.processes, at_once,
+                                 plan.folder, gpus)
+    except KeyboardInterrupt:
+        summary.summarize(str(plan.folder), final=False)
+        summary.end_parent(points_file, "KILLED")
+        raise
+    summary.summarize(str(plan.folder), final=True)
+    return 0 if any(code == 0 for code in codes.values()) else 1
+
+
+def submit_array(req: SweepRequest, plan: planning.Plan) -> int:
+    from harness.sweep import cluster, runs
+    slurm_cluster, uri, script = cluster.check(plan, req.cluster, req.sbatch, req.max_parallel)
+    planning.print_points(plan)
+    if req.dry_run:
+        print(script, end="")
+        print("dry run: nothing submitted (SLURM would accept the array)", flush=True)
+        return 0
+    parent, children = runs.open_runs(plan, "slurm", {"sweep.max_parallel": req.max_parallel or "none"})
+    try:
+        points_file = planning.freeze_points(plan, children, parent.run_id, uri, "slurm",
+                                             plan.base.resources.nodes * plan.base.resources.gpus_per_node)
+        array_id, summary_id = cluster.submit(plan, slurm_cluster, uri, req.sbatch,
+                                              req.max_parallel, points_file)
+    except BaseException:
+        runs.discard(parent, children)  # SLURM refused: nothing half-written stays
+        shutil.rmtree(plan.folder, ignore_errors=True)
+        raise
+    parent.set_tags({"slurm.array_job_id": array_id})
+    parent.close()
+    n, k = len(plan.points), req.max_parallel
+    print(f"submitted job array {array_id}: {n} points{f', at most {k} at once' if k else ''}; "
+          f"summary job {summary_id or 'not queued'} runs when they have ended")
+    print(f"points:   {points_file}")
+    print(f"logs:     {cluster.slurm_log_dir(plan)}/{plan.base.name}-{array_id}_<point>.out")
+    print(f"mlflow:   {uri}, experiment {plan.base.experiment!r}, parent run {parent.run_id}")
+    print(f"follow:   harness status {array_id}")
+    print(f"results:  harness sweep --summarize {plan.sweep_id} (any time)")
+    return 0

@@ -1,0 +1,97 @@
+"""A sweep's points as full specs: every one validated before anything is written or queued.
+
+Each point trains ``point-<i>.spec.yaml``, frozen in the sweep's folder (the base spec, the
+``--set`` overrides, the point's values and a checkpoint folder of its own), so a requeued
+array task trains exactly what was submitted even if the YAML is edited meanwhile.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.spec import freeze, sweep_points
+from harness.spec.loader import load_spec
+from harness.spec.schema import JobSpec, describe, flatten
+from harness.sweep import space as search
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int
+    values: dict  # dotted key -> value
+    name: str  # lr=0.0003,dropout=0.5
+    spec: JobSpec  # validated, with its own checkpoint folder
+
+
+@dataclass(frozen=True)
+class Plan:
+    sweep_id: str
+    folder: Path  # runs/<name>/sweeps/<sweep id>, absolute
+    base: JobSpec  # the spec without any point's values: resources, experiment, engine
+    space: search.Space
+    points: tuple  # Point
+
+    @property
+    def varied(self) -> list[str]:
+        return self.space.varied
+
+
+def new_sweep_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def plan_sweep(spec_path: str, overrides: list[str], space: search.Space) -> Plan:
+    """Every point loaded and checked as the full spec it will train; one bad value refuses all."""
+    base = load_spec(spec_path, overrides)
+    sweep_id = new_sweep_id(base.name)
+    folder = (Path.cwd() / "runs" / base.name / "sweeps" / sweep_id).resolve()
+    values = search.points(space)
+    names = search.short_names(space.varied)
+    planned = []
+    for index, point in enumerate(values):
+        name = search.point_name(point, names)
+        checkpoints = folder / f"point-{index}" / "checkpoints"
+        try:
+            spec = load_spec(spec_path, overrides + search.overrides(point) +
+                             [f"checkpoint.dir={checkpoints}"])
+        except UserError as e:
+            raise UserError(f"point {index} ({name}): {e}") from None
+        planned.append(Point(index, point, name, spec))
+    return Plan(sweep_id, folder, base, space, tuple(planned))
+
+
+def varied_params(point: Point) -> dict:
+    """The point's values as the run's ``spec.*`` parameters (the names and the text every run
+    of the harness logs them with): the UI compares the children by them."""
+    flat = flatten(describe(point.spec))
+    return {f"spec.{k}": flat[k] for k in point.values if k in flat}
+
+
+def print_points(plan: Plan) -> None:
+    print(f"sweep {plan.sweep_id}: {len(plan.points)} point(s) of {plan.base.name}; "
+          f"{plan.space.describe()}", flush=True)
+    width = len(str(len(plan.points) - 1))
+    for p in plan.points:
+        print(f"  {p.index:>{width}}  {p.name}", flush=True)
+
+
+def freeze_points(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, where: str,
+                  processes: int) -> Path:
+    """Each point's frozen spec and the points file the tasks read; the points file's path."""
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for p in plan.points:
+        spec_file = freeze.freeze(p.spec, plan.folder, f"point-{p.index}")
+        entries.append({"index": p.index, "name": p.name, "values": p.values,
+                        "spec": str(spec_file), "run_id": run_ids[p.index],
+                        "checkpoint_dir": str(p.spec.checkpoint_dir)})
+    return sweep_points.write(plan.folder, {
+        "sweep_id": plan.sweep_id, "name": plan.base.name, "experiment": plan.base.experiment,
+        "parent_run_id": parent_run_id, "tracking_uri": uri, "space": plan.space.describe(),
+        "seed": plan.space.seed, "varied": plan.varied,
+        "log_scale": [r.key for r in plan.space.ranges if r.log], "epochs": plan.base.training.epochs,
+        "where": where, "processes": processes, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "points": entries})
