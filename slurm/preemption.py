@@ -39,8 +39,10 @@ DEFAULT_MAX_REQUEUES = 5
 # step and waits until the step has really ended; on EXIT_REQUEUE it requeues the job.
 REQUEUE_TAIL = f"""\
 # SLURM warns this shell (B:) before preemption or the time limit: pass it on to the step,
-# whose ranks stop after the same batch, checkpoint and exit with {EXIT_REQUEUE}.
-trap 'kill -{SIGNAL_NAME} "$step" 2>/dev/null' {SIGNAL_NAME}
+# whose ranks stop after the same batch, checkpoint and exit with {EXIT_REQUEUE}.  Once only: a
+# repeated warning (scancel --signal retries) could reach a rank after Python has put the
+# signal's default action back on its way out, and kill it before it exits {EXIT_REQUEUE}.
+trap 'kill -{SIGNAL_NAME} "$step" 2>/dev/null; trap : {SIGNAL_NAME}' {SIGNAL_NAME}
 # Preemption and scancel send SIGTERM to the step's ranks themselves: this shell stays until they
 # have checkpointed and ended (its own death would end the job before the grace time is over).
 trap ':' TERM

@@ -145,7 +145,7 @@ def test_the_signal_is_one_constant_for_directive_handler_and_trap():
     script = _render("rtx2080ti", 6, nodes=2)
     name = signal.Signals(preemption.SIGNAL).name.removeprefix("SIG")
     assert parse_sbatch_options(script)["signal"] == f"B:{name}@{preemption.LEAD_S}"
-    assert f"trap 'kill -{name} \"$step\" 2>/dev/null' {name}" in script
+    assert f"trap 'kill -{name} \"$step\" 2>/dev/null; trap : {name}' {name}" in script
     assert f"[[ $status == {preemption.EXIT_REQUEUE} ]]" in script
 
 

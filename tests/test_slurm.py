@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -321,3 +323,89 @@ def test_each_rank_gets_the_cpus_the_script_asked_for(slurm, workdir, pima_csv, 
     _, run = _only_run(f"sqlite:///{workdir / 'mlflow.db'}", "slurm-cpus")
     assert run.data.params["cpus.omp_num_threads"] == str(cpus)
     assert run.data.params["cpus.per_process"] == str(cpus)  # 1 without srun --cpus-per-task
+
+
+def _max_running_tasks(slurm, array: str, stop: threading.Event, seen: list) -> None:
+    """How many of the array's tasks SLURM runs at once, sampled until ``stop``."""
+    while not stop.is_set():
+        running = slurm.cmd("squeue", "-h", "-r", "-j", array, "-t", "RUNNING", "-o", "%i").split()
+        seen.append(len(running))
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_stop_it(
+        slurm, workdir, pima_csv, mlflow_server):
+    """Four versions of a dataset, one of them cut short by the acquisition (the point that
+    fails); two points at a time; the first point is preempted and resumes into its own run."""
+    for name in ("run1.csv", "run2.csv", "run3.csv"):
+        shutil.copy(pima_csv, workdir / name)
+    (workdir / "run4.csv").write_text("".join(pima_csv.read_text().splitlines(True)[:20]))
+    started = time.monotonic()
+    done = run_cli("sweep", DIABETES, "--grid", "data.csv=run1.csv,run2.csv,run3.csv,run4.csv",
+                   "--partition", "debug", "--gpus-per-node", "1", "--max-parallel", "2",
+                   "--set", "training.epochs=6", "--set", "training.batch_size=2",
+                   "--set", "tracking.experiment=slurm-sweep", cwd=workdir,
+                   env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url), timeout=120)
+    assert done.returncode == 0, done.stderr
+    array, summary_job = re.search(r"submitted job array (\d+): 4 points, at most 2 at once; "
+                                   r"summary job (\d+)", done.stdout).groups()
+    script = next(workdir.glob("runs/diabetes_mlp/sweeps/*/sweep.sbatch")).read_text()
+    assert "#SBATCH --array=0-3%2" in script
+    stop, running = threading.Event(), []
+    sampler = threading.Thread(target=_max_running_tasks, args=(slurm, array, stop, running))
+    sampler.start()
+    try:
+        _wait_for_line(workdir, f"{array}_0", r"epoch +2/6")
+        # SLURM's warning.  SLURM 22.05 delivers it to an array task's batch shell, then answers
+        # "Job can not be altered now, try again later" and scancel retries until killed: the
+        # requeue below is the proof of delivery, not scancel's exit status.
+        try:
+            subprocess.run(["scancel", "--signal=USR2", "--batch", f"{array}_0"],
+                           env=dict(os.environ, **slurm.env), capture_output=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        log = _requeued_once_then_completed(slurm, workdir, f"{array}_0")
+        slurm.wait_state(summary_job, {"COMPLETED", "FAILED", "CANCELLED"}, 300)
+    finally:
+        stop.set()
+        sampler.join()
+    print(f"4-point sweep on the dev SLURM: {time.monotonic() - started:.0f} s from submit to summary")
+    assert max(running) == 2, running  # the limit held, and was used
+    assert "resuming at epoch" in log
+
+    points = json.loads(next(workdir.glob("runs/diabetes_mlp/sweeps/*/points.json")).read_text())
+    client = MlflowClient(mlflow_server.url)
+    parent = client.get_run(points["parent_run_id"])
+    assert parent.info.status == "FINISHED"  # one failed point does not fail the sweep
+    children = {int(r.data.tags["sweep.point"]): r for r in client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert sorted(children) == [0, 1, 2, 3]
+    assert [children[i].info.run_name for i in range(4)] == [f"csv=run{i}.csv" for i in range(1, 5)]
+    assert {i: children[i].info.status for i in range(4)} == {0: "FINISHED", 1: "FINISHED",
+                                                              2: "FINISHED", 3: "FAILED"}
+    assert "rows: 19" in children[3].data.tags["failure_reason"]
+    # The preempted task resumed into its own child run: every epoch once, one restart.
+    first = children[0]
+    assert first.info.run_id == points["points"][0]["run_id"]
+    assert first.data.tags["slurm.restart_count"] == "1"
+    assert first.data.tags["slurm.array_job_id"] == array and first.data.tags["slurm.array_task_id"] == "0"
+    assert _steps(client, first.info.run_id, "val_loss") == list(range(6))
+
+    from test_sweep import results_of
+    table = results_of(client, parent.info.run_id, workdir)
+    assert [row["name"] for row in table] == [f"csv=run{i}.csv" for i in range(1, 5)]
+    assert [row["status"] for row in table] == ["FINISHED"] * 3 + ["FAILED"]
+    assert "rows: 19" in table[3]["failure"] and table[0]["best_val_loss"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {
+        "sweep/results.csv", "sweep/results.html", "sweep/val_loss_all_points.png",
+        "sweep/objective_vs_data_csv.png"}
+    summary_log = next(workdir.glob(f"runs/diabetes_mlp/slurm/*-{summary_job}.out")).read_text()
+    assert "failed: point 3 (csv=run4.csv)" in summary_log and "parent run" in summary_log
+
+    status = run_cli("status", cwd=workdir, env=slurm.env)
+    assert re.search(rf"{array}\s+diabetes_mlp\s+sweep of 4 points: 3 COMPLETED, 1 FAILED",
+                     status.stdout), status.stdout
+    detail = run_cli("status", array, cwd=workdir, env=slurm.env).stdout
+    assert re.search(rf"{array}_0\s+csv=run1.csv\s+COMPLETED\s+run \w+ FINISHED: epoch 6/6", detail), detail
+    assert re.search(rf"{array}_3\s+csv=run4.csv\s+FAILED", detail), detail
