@@ -78,7 +78,7 @@ def summarize(sweep: str, final: Optional[bool] = None) -> int:
     lines = summary_lines(record, rows, best)
     for line in lines:
         print(line, flush=True)
-    print(text_table(rows, record["varied"]), flush=True)
+    print(text_table(rows), flush=True)
     log_results(client, record, rows, best, lines)
     done = all(r["status"] in ENDED for r in rows) and not any(
         state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED")
@@ -169,14 +169,19 @@ def columns(record: dict, rows: list) -> list[str]:
             + (["slurm"] if any("slurm" in r for r in rows) else []) + ["failure", "run_id"])
 
 
-def text_table(rows: list, varied: list) -> str:
-    header = f"{'#':>3}  {'point':<34} {'status':<9} {OBJECTIVE:>13} {'epoch':>5}  {'verdict':<12} {'train s':>8}"
-    lines = [header]
+def text_table(rows: list) -> str:
+    """The table as the terminal shows it: the objective, its epoch, the verdict, held-out figures."""
+    held_out = sorted({k for r in rows for k in r if k.startswith(HELD_OUT_PREFIX)})
+    width = max([5] + [len(r["name"]) for r in rows])
+    lines = [f"{'#':>3}  {'point':<{width}}  {'status':<9} {OBJECTIVE:>13} {'epoch':>5}  "
+             f"{'verdict':<12}" + "".join(f" {k:>13}" for k in held_out) + f" {'train s':>8}"]
     for r in rows:
         objective = f"{r[OBJECTIVE]:.4f}" if isinstance(r[OBJECTIVE], float) else "-"
-        lines.append(f"{r['point']:>3}  {r['name'][:34]:<34} {r['status']:<9} {objective:>13} "
+        figures = "".join(f" {r[k]:>13.4f}" if isinstance(r.get(k), float) else f" {'-':>13}"
+                          for k in held_out)
+        lines.append(f"{r['point']:>3}  {r['name']:<{width}}  {r['status']:<9} {objective:>13} "
                      f"{r['best_epoch'] if r['best_epoch'] is not None else '-':>5}  "
-                     f"{r['overfitting'] or '-':<12} {r['train_s']:>8.1f}")
+                     f"{r['overfitting'] or '-':<12}{figures} {r['train_s']:>8.1f}")
     return "\n".join(lines)
 
 
