@@ -32,3 +32,33 @@ def test_sampler_reads_every_gpu_plausibly(gpus):
             assert gpu.uuid.startswith(("GPU-", "MIG-")) and gpu.pci_bus_id
     finally:
         sampler.stop()
+
+
+def test_local_sweep_points_side_by_side_each_get_their_own_gpus(gpus, tmp_path):
+    """`harness sweep --local --max-parallel K` on a GPU machine: no more points at once than
+    GPUs allow, and each point's processes see only the GPUs it was given (its rank 0 would
+    otherwise pin GPU 0 along with every other point's)."""
+    import json
+    import sys
+
+    from harness.sweep import local
+
+    class Probe(local.PointRunner):  # the point's process reports what it sees, no TensorFlow
+        def command(self, point):
+            return [sys.executable, "-c", "import json, os; print(json.dumps("
+                    "{'visible': os.environ.get('CUDA_VISIBLE_DEVICES')}))"]
+
+    wanted = gpus + 1
+    at_once = local.parallelism(wanted, 1, gpus)
+    assert at_once == gpus  # one GPU per 1-process point
+    record = {"tracking_uri": "unused", "points": [
+        {"index": i, "name": f"p{i}", "run_id": f"r{i}"} for i in range(2 * gpus)]}
+    runner = Probe(record, 1, tmp_path, gpus, at_once)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(at_once) as pool:
+        codes = list(pool.map(runner.run, record["points"]))
+    assert all(code == 0 for code, _ in codes)
+    seen = [json.loads((tmp_path / f"point-{i}.log").read_text())["visible"]
+            for i in range(2 * gpus)]
+    assert sorted(set(seen)) == [str(g) for g in range(gpus)], seen
+    print(f"{gpus} GPU(s): at most {at_once} points at once; points saw GPUs {seen}")
