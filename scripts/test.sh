@@ -12,4 +12,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v a
 fi
 # In CI a test that can only skip here (browser) must run: the fixtures turn the skip into a failure.
 if [ -n "${CI:-}" ]; then export HARNESS_REQUIRE_ALL=1; fi
-exec .venv/bin/python -m pytest "$@"
+# The slowest tests, for whoever trims the suite next.
+exec .venv/bin/python -m pytest --durations=20 "$@"

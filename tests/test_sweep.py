@@ -95,12 +95,24 @@ def test_one_bad_value_refuses_the_whole_sweep_and_writes_nothing(workdir):
     (["--random", "3", "--range", "training.learning_rate=1e-2:1e-5"], "low < high"),
     ([], "nothing to vary"),
     (["--grid", "training.epochs=1,2", "--max-parallel", "0"], "--max-parallel 0"),
+    (["--grid", "training.epochs=1,2", "--np", "300"], "--np 300"),
 ])
 def test_bad_sweep_flags_are_one_line_and_exit_2(workdir, capsys, args, words):
     from harness.cli import main
     assert main(["sweep", str(DIABETES), "--local", *args]) == 2  # in-process: the same contract
     err = capsys.readouterr().err
     assert words in err and err.strip().count("\n") == 0, err
+    assert list(workdir.iterdir()) == []
+
+
+def test_sqlite_is_refused_when_points_may_write_it_from_several_nodes(workdir, capsys):
+    """lars's gtx1050ti partition has 7 nodes: two points at once may land on two of them."""
+    from harness.cli import main
+    args = ["sweep", str(DIABETES), "--grid", "training.learning_rate=1e-3,1e-2", "--cluster", "lars",
+            "--partition", "gtx1050ti"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "a local SQLite file is refused" in err and "7 nodes" in err and "--max-parallel 1" in err
     assert list(workdir.iterdir()) == []
 
 

@@ -43,6 +43,7 @@ def check(plan: Plan, cluster_name: str, extra: Mapping, max_parallel: Optional[
     from tracking.run import submission_facts
     cluster = load_cluster(cluster_name)
     uri, estimate = submission_facts(plan.base)
+    check_shared_tracking(plan, cluster, uri, max_parallel)
     for point in plan.points:  # the same resources; the epoch estimate is checked once
         check_job(point.spec, cluster, uri, estimate if point.index == 0 else None)
     script = array_script(plan, cluster, uri, extra, max_parallel, plan.folder / "points.json")
@@ -56,6 +57,20 @@ def check(plan: Plan, cluster_name: str, extra: Mapping, max_parallel: Optional[
     if refused:
         raise UserError(f"sbatch --test-only refused the sweep's job array: {refused}")
     return cluster, uri, script
+
+
+def check_shared_tracking(plan: Plan, cluster, uri: str, max_parallel: Optional[int]) -> None:
+    """Points running at once on different nodes would all write one SQLite file on the shared
+    filesystem, which corrupts it; a one-node partition (or one point at a time) is safe."""
+    name, part = cluster.partition(plan.base.resources.partition)
+    at_once = min(max_parallel or len(plan.points), len(plan.points))
+    if part.nodes > 1 and at_once > 1 and not uri.startswith(("http://", "https://", "postgresql", "mysql")):
+        raise UserError(
+            f"MLFLOW_TRACKING_URI={uri}: a local SQLite file is refused for a sweep whose {at_once} "
+            f"points may run at once on different nodes of partition {name} ({part.nodes} nodes): "
+            "SQLite on a shared filesystem corrupts when several nodes write; start a server on "
+            "the head node (harness tracking serve --host 0.0.0.0) and export "
+            "MLFLOW_TRACKING_URI=http://HEAD-NODE:5000, or use --max-parallel 1")
 
 
 def submit(plan: Plan, cluster, uri: str, extra: Mapping, max_parallel: Optional[int],

@@ -31,6 +31,9 @@ def sweep(req: SweepRequest) -> int:
         raise UserError(f"--max-parallel {req.max_parallel}: use 1..{search.MAX_POINTS} points at once")
     if not 1 <= req.processes <= 256:
         raise UserError(f"--np {req.processes}: use 1..256 processes per point")
+    if req.processes != 1 and not req.local:
+        raise UserError(f"--np {req.processes}: goes with --local; on SLURM a point's processes "
+                        "are the spec's resources (--nodes, --gpus-per-node)")
     space = search.build_space(req.grid, req.ranges, req.random_points, req.seed)
     plan = planning.plan_sweep(req.spec_path, req.overrides, space)  # every point, or exit 2
     return run_locally(req, plan) if req.local else submit_array(req, plan)
@@ -48,6 +51,7 @@ def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
               f"{req.processes} process(es) each)", flush=True)
         return 0
     check_reachable(plan.base)
+    local.prepare_data_once(plan.points)
     parent, children = runs.open_runs(plan, "local", {"sweep.max_parallel": at_once,
                                                       "sweep.processes_per_point": req.processes})
     parent.close()

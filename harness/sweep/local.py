@@ -100,6 +100,18 @@ class PointRunner:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def prepare_data_once(points) -> None:
+    """A job's ``prepare_data`` (a simulation, a download) once per distinct data section, before
+    any point starts: points side by side would otherwise all fill the same cache at once."""
+    from harness.spec.jobs import resolve_job
+    done = []
+    for point in points:
+        job = resolve_job(point.spec.job, Path(point.spec.spec_path).parent)
+        if hasattr(job, "prepare_data") and point.spec.data not in done:
+            job.prepare_data(point.spec.data)
+            done.append(point.spec.data)
+
+
 def run_points(record: dict, processes: int, at_once: int, folder: Path,
                gpus: int = 0) -> dict[int, int]:
     """{point index: exit code}; every point runs even when some fail."""
