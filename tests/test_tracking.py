@@ -156,7 +156,10 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv,
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", str(SPEC), "--np", "2", "--set", f"data.csv={pima_csv}",
          "--set", "training.epochs=1000", "--set", "checkpoint.every_epochs=1"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # As from a terminal: a suite started in the background (`cmd &` in a script) inherits
+        # SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             if re.search(r"epoch +3/1000", line):
