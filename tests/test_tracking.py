@@ -167,7 +167,12 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv,
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to the launcher
         out, _ = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        if proc.poll() is None:  # SIGKILL would orphan horovodrun's ranks (their own session)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert proc.returncode == 130, out[-2000:]
     client = MlflowClient(mlflow_server.url)
     run = _only_run(client, "t-ctrl-c")
