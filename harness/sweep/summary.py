@@ -92,8 +92,8 @@ def summarize(sweep: str, final: Optional[bool] = None) -> int:
 
 def point_row(client, record: dict, point: dict, task_state: Optional[str]) -> dict:
     """One point's line of the table, from its child run (and its array task)."""
-    run = client.get_run(point["run_id"])
-    status = reconcile(client, record, point, run, task_state)
+    status = reconcile(client, record, point, client.get_run(point["run_id"]), task_state)
+    run = client.get_run(point["run_id"])  # again: reconcile may have ended it, with its reason
     metrics, tags = run.data.metrics, run.data.tags
     history = sorted(client.get_metric_history(point["run_id"], "val_loss"), key=lambda m: m.step)
     epoch_s = client.get_metric_history(point["run_id"], "time/epoch_s")
