@@ -13,8 +13,8 @@ import yaml
 
 from harness.errors import UserError, exit_code_of
 from harness.engines import DEFAULT as DEFAULT_ENGINE, ENGINES, python_for
-from harness.entrypoints import PROBE, worker_command
-from harness.files import JOBS, REPO
+from harness.entrypoints import PROBE
+from harness.files import JOBS
 
 
 
@@ -176,25 +176,19 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.runtime import checkpoint
-    from harness.runtime import launcher
-    from harness.spec.jobs import resolve_job
+    from harness.runtime import checkpoint, launcher, launches
+    from harness.runtime.prepare import prepare_launch
     from harness.telemetry import nvml
     from harness.spec.loader import load_spec
-    from tracking import check_reachable
 
     spec = load_spec(args.spec, args.overrides)
     processes = args.np if args.np is not None else max(1, nvml.device_count())
     if not 1 <= processes <= 256:
         raise UserError(f"--np {processes}: use 1..256 processes")
-    checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # refuse to clobber, before starting
-    check_reachable(spec)
-    job = resolve_job(spec.job, Path(spec.spec_path).parent)
-    if hasattr(job, "prepare_data"):
-        job.prepare_data(spec.data)  # once, before the processes start: they all read the cache
-    engine = spec.training.engine
-    worker = worker_command(python_for(engine), args.spec, args.overrides, args.resume)
-    return launcher.run_processes(processes, worker, engine=engine)
+    state = checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # refuse to clobber, first
+    launch = launches.local(spec, processes, args.resume, state.run_id if state else None)
+    prepare_launch(launch)  # once, before the processes start: they all read the cache
+    return launcher.launch(launch)
 
 
 def resource_overrides(args) -> list[str]:
@@ -208,33 +202,28 @@ def resource_overrides(args) -> list[str]:
 def cmd_render(args) -> int:
     from slurm import options as sbatch_options
     from slurm.cluster import load_cluster
+    from harness.runtime import launches
     from harness.spec.loader import load_spec
-    from slurm.render import render_sbatch
-    from tracking.run import tracking_uri
-    overrides = args.overrides + resource_overrides(args)
-    spec = load_spec(args.spec, overrides)
-    log_dir = (Path.cwd() / "runs" / spec.name / "slurm").resolve()
-    print(render_sbatch(spec, load_cluster(args.cluster), REPO, log_dir, overrides,
-                        tracking_uri(), workdir=Path.cwd(),
-                        extra=sbatch_options.parse_cli(args.sbatch)), end="")
+    spec = load_spec(args.spec, args.overrides + resource_overrides(args))
+    print(launches.render_batch(spec, load_cluster(args.cluster),
+                                sbatch_options.parse_cli(args.sbatch)), end="")
     return 0
 
 
 def cmd_submit(args) -> int:
     from slurm import options as sbatch_options
     from slurm.cluster import load_cluster
+    from harness.runtime import checkpoint, launches
     from harness.spec.loader import load_spec
-    from harness.runtime import checkpoint
-    from slurm.submit import prepare, submit
     from tracking.run import submission_facts
-    overrides = args.overrides + resource_overrides(args)
-    spec = load_spec(args.spec, overrides)
+    spec = load_spec(args.spec, args.overrides + resource_overrides(args))
     extra = sbatch_options.parse_cli(args.sbatch)
     uri, estimate = submission_facts(spec)
     cluster = load_cluster(args.cluster)
-    checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # never clobber an earlier job's
-    sub = prepare(spec, cluster, overrides, uri, estimate, extra)
-    return submit(sub, args.dry_run)
+    state = checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # never clobber a checkpoint
+    launches.submit_batch(spec, cluster, uri, estimate, extra, args.dry_run,
+                          run_id=state.run_id if state else None)
+    return 0
 
 
 def cmd_sweep(args) -> int:

@@ -1,26 +1,26 @@
 """The command lines the harness starts its processes with, in one place.
 
-``harness run`` (through horovodrun), the batch script (through srun or mpirun) and the
-scaling sweep all start the same worker; the probe has its own entry point.
+``harness run`` (through horovodrun), the batch script (through srun or mpirun), the sweeps and
+the scaling runs all start the same worker on a launch manifest; the probe has its own entry
+point.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional
 
 WORKER = "harness.runtime.worker"
+PREPARE = "harness.runtime.prepare"
 PROBE = "harness.scaling.probe"
 
 
-def worker_command(python: str, spec_path: str, overrides: Sequence[str] = (),
-                   resume: bool = False) -> list[str]:
-    """``python -m harness.runtime.worker SPEC [--set k=v ...] [--resume]``."""
-    cmd = [python, "-m", WORKER, spec_path]
-    for override in overrides:
-        cmd += ["--set", override]
-    return cmd + (["--resume"] if resume else [])
+def worker_command(python: str, manifest: str, index: Optional[int] = None) -> list[str]:
+    """``python -m harness.runtime.worker --manifest FILE [--index I]``; without ``--index`` a job
+    array's task trains the point its SLURM_ARRAY_TASK_ID names."""
+    cmd = [python, "-m", WORKER, "--manifest", manifest]
+    return cmd + (["--index", str(index)] if index is not None else [])
 
 
-def sweep_worker_command(python: str, points_file: str) -> list[str]:
-    """A sweep's array task: its point (spec and MLflow run) comes from the points file by
-    SLURM_ARRAY_TASK_ID; ``--resume`` as every batch job, so a requeued task continues."""
-    return [python, "-m", WORKER, "--sweep-points", points_file, "--resume"]
+def prepare_command(python: str, manifest: str) -> list[str]:
+    """``python -m harness.runtime.prepare --manifest FILE``: the job's data, once, before the
+    ranks start (a batch script runs it ahead of the step)."""
+    return [python, "-m", PREPARE, "--manifest", manifest]

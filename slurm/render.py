@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Sequence
 import jinja2
 
 from harness.engines import TF, venv_python
-from harness.entrypoints import sweep_worker_command, worker_command
+from harness.entrypoints import prepare_command, worker_command
 from harness.spec.schema import JobSpec
 from slurm import options as extra_options
 from slurm import preemption
@@ -38,11 +38,10 @@ TF_LAUNCHER = ["srun", "--mpi=none", "--unbuffered", "--kill-on-bad-exit=1"]
 
 @dataclass(frozen=True)
 class JobArray:
-    """A sweep: one array task per point, at most ``max_parallel`` at once, each reading its
-    point from ``points_file`` by SLURM_ARRAY_TASK_ID."""
+    """A sweep: one array task per point of the manifest, at most ``max_parallel`` at once; each
+    task trains the point its SLURM_ARRAY_TASK_ID names."""
     size: int
     max_parallel: Optional[int]
-    points_file: Path
 
     @property
     def option(self) -> str:
@@ -112,21 +111,19 @@ def _environment(template_dir: Path) -> jinja2.Environment:
 
 
 def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
-                  overrides: Sequence[str] = (), tracking_uri: str = "",
+                  manifest: Path, tracking_uri: str = "",
                   workdir: Path | None = None, extra: Mapping[str, Optional[str]] = (),
                   array: Optional[JobArray] = None) -> str:
-    """The script; the job runs in ``workdir`` (default: the repository) with ``repo``'s venv.
-    With ``array``, every task trains the point its index names in the points file."""
+    """The script that trains the launch ``manifest`` (its point, or with ``array`` the point each
+    task's index names); the job runs in ``workdir`` (default: the repository) with ``repo``'s
+    venv.  The manifest says resume: a requeued job continues its checkpoint."""
     options = sbatch_options(spec, cluster, log_dir, workdir or repo, extra, array)
     _, part = cluster.partition(spec.resources.partition)
     python = venv_python(spec.training.engine, repo)
-    if array is None:
-        worker = worker_command(python, spec.spec_path, overrides, resume=True)  # requeues continue
-    else:
-        worker = sweep_worker_command(python, str(array.points_file))
     template = _environment(cluster.template.parent).get_template(cluster.template.name)
     return template.render(
         spec_path=spec.spec_path, cluster=cluster.name, options=sorted(options.items()),
+        manifest=str(manifest), prepare=prepare_command(python, str(manifest)),
         preamble=cluster.preamble,
         env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": options["cpus-per-task"],
              "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
@@ -135,7 +132,8 @@ def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
         tracking={"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {},
         tasks=spec.resources.nodes * spec.resources.gpus_per_node, nodes=spec.resources.nodes,
         per_node=spec.resources.gpus_per_node,
-        launch=launch_command(spec, part.launch, options["cpus-per-task"]) + worker,
+        launch=launch_command(spec, part.launch, options["cpus-per-task"])
+        + worker_command(python, str(manifest)),
         requeue_tail=preemption.REQUEUE_TAIL)
 
 

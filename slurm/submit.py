@@ -6,10 +6,8 @@ the job's logs only once SLURM has accepted the job.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -23,9 +21,7 @@ from slurm.cluster import Cluster, Partition, check_fit
 from harness.engines import HOROVOD, TF, venv_python
 from harness.errors import UserError
 from harness.files import REPO, atomic_write_text
-from harness.spec import freeze
 from slurm.preemption import LEAD_S as SIGNAL_LEAD_S
-from slurm.render import render_sbatch
 from harness.spec.schema import JobSpec
 
 MIN_WORK_S = 60  # time to train at all once the warning's lead time is taken off the limit
@@ -35,31 +31,24 @@ MIN_WORK_S = 60  # time to train at all once the warning's lead time is taken of
 class Submission:
     spec: JobSpec
     partition: str
-    script: str  # runs the frozen spec below, never the YAML the user may edit later
+    script: str  # trains the launch in ``launch_folder``, never the YAML the user may edit later
     log_dir: Path
     tracking_uri: str
-    stem: str  # the frozen spec's name: runs/<name>/slurm/<stem>.spec.yaml (and .job.py)
+    launch_folder: Path  # runs/<name>/launches/<digest>: the manifest and the job file's copy
 
 
-def prepare(spec: JobSpec, cluster: Cluster, overrides: list[str], uri: str,
-            epoch_estimate: Optional[tuple[float, str]] = None,
-            extra: Mapping[str, Optional[str]] = ()) -> Submission:
-    """Every check, then the rendered script (nothing written yet).
+def prepare(spec: JobSpec, cluster: Cluster, uri: str,
+            epoch_estimate: Optional[tuple[float, str]], extra: Mapping[str, Optional[str]],
+            script: str, launch_folder: Path) -> Submission:
+    """Every check of the job and its rendered script (nothing written yet).
 
     The caller has checked the checkpoint (``--resume``) and the tracking side: ``uri`` is where
     the job will log (already reachable) and ``epoch_estimate`` (seconds per epoch, run id) an
-    earlier run's epoch time.  ``extra`` holds ``--sbatch`` options.  The script runs the spec
-    as it is now, frozen beside it when the job is queued (``--set`` overrides included).
+    earlier run's epoch time.  ``extra`` holds ``--sbatch`` options.
     """
     partition = check_job(spec, cluster, uri, epoch_estimate)
-    workdir = Path.cwd()
-    log_dir = (workdir / "runs" / spec.name / "slurm").resolve()
-    # Unique per submission: `harness scale` queues several sizes from one process in one second,
-    # and each job must run its own frozen spec (its own checkpoint folder).
-    stem = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
-    frozen = dataclasses.replace(spec, spec_path=str(freeze.frozen_paths(log_dir, stem)[0]))
-    script = render_sbatch(frozen, cluster, REPO, log_dir, (), uri, workdir=workdir, extra=extra)
-    return Submission(spec, partition, script, log_dir, uri, stem)
+    log_dir = (Path.cwd() / "runs" / spec.name / "slurm").resolve()
+    return Submission(spec, partition, script, log_dir, uri, launch_folder)
 
 
 def check_job(spec: JobSpec, cluster: Cluster, uri: str,
@@ -157,51 +146,42 @@ def _sbatch_reason(done: subprocess.CompletedProcess) -> str:
     return lines[-1].replace("sbatch: error: ", "")
 
 
-def submit(sub: Submission, dry_run: bool) -> int:
-    """Test, queue, then keep the script and a record beside the logs; print where things are."""
-    if shutil.which("sbatch") is None and dry_run:
+def dry_run(sub: Submission) -> None:
+    """Print the script; test it with sbatch --test-only where there is an sbatch."""
+    if shutil.which("sbatch") is None:
         print(sub.script, end="")
         print("dry run: nothing submitted (sbatch not found: not tested)", file=sys.stderr)
-        return 0
-    if dry_run:
-        with tempfile.TemporaryDirectory(prefix="harness-submit-") as scratch:
-            _accepted(sub, Path(scratch))
-        print(sub.script, end="")
-        print("dry run: nothing submitted (SLURM would accept it)", file=sys.stderr)
-        return 0
-    job_id = queue_script(sub)
-    print_submitted(sub, job_id, sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch")
-    return 0
+        return
+    accepted_by_slurm(sub)
+    print(sub.script, end="")
+    print("dry run: nothing submitted (SLURM would accept it)", file=sys.stderr)
 
 
-def _accepted(sub: Submission, scratch: Path) -> Path:
-    """The script in a scratch folder, once `sbatch --test-only` accepts it."""
+def accepted_by_slurm(sub: Submission) -> None:
+    """`sbatch --test-only` of the script, or exit 2 with SLURM's reason."""
     if shutil.which("sbatch") is None:
         raise UserError("sbatch: not found; this is not a SLURM login node. `harness render` "
                         "prints the script, `harness run` trains on this machine")
-    pending = scratch / f"{sub.spec.name}.sbatch"
-    pending.write_text(sub.script)
-    refused = test_only(pending)
+    with tempfile.TemporaryDirectory(prefix="harness-submit-") as scratch:
+        pending = Path(scratch) / f"{sub.spec.name}.sbatch"
+        pending.write_text(sub.script)
+        refused = test_only(pending)
     if refused:
         raise UserError(f"sbatch --test-only refused {sub.spec.name} on partition "
                         f"{sub.partition}: {refused}")
-    return pending
 
 
-def queue_script(sub: Submission, env: Optional[dict] = None, sbatch_args: Sequence[str] = ()) -> str:
-    """Test and queue the job; keep its script and record beside the logs; its job id."""
+def queue_script(sub: Submission, manifest: Path, env: Optional[dict] = None,
+                 sbatch_args: Sequence[str] = ()) -> str:
+    """Queue the job (its launch is written); keep its script and record beside the logs."""
+    sub.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as scratch:
-        pending = _accepted(sub, Path(scratch))
-        sub.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here
-        frozen = freeze.freeze(sub.spec, sub.log_dir, sub.stem)  # before sbatch: the job reads it
-        try:
-            job_id = queue(pending, env, sbatch_args)
-        except BaseException:
-            freeze.discard(sub.log_dir, sub.stem)
-            raise
+        pending = Path(scratch) / f"{sub.spec.name}.sbatch"
+        pending.write_text(sub.script)
+        job_id = queue(pending, env, sbatch_args)
         script = sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch"
         shutil.move(pending, script)
-    record(sub, job_id, script, frozen)
+    record(sub, job_id, script, manifest)
     return job_id
 
 
@@ -214,24 +194,25 @@ def queue(script: Path, env: Optional[dict] = None, sbatch_args: Sequence[str] =
     return done.stdout.strip().split(";")[0]  # "id" or "id;cluster"
 
 
-def record(sub: Submission, job_id: str, script: Path, frozen: Path) -> None:
+def record(sub: Submission, job_id: str, script: Path, manifest: Path) -> None:
     """What `harness status` needs once SLURM has forgotten the job."""
     atomic_write_text(sub.log_dir / f"{job_id}.json", json.dumps({
-        "job_id": job_id, "name": sub.spec.name, "spec": sub.spec.spec_path, "frozen_spec": str(frozen),
+        "job_id": job_id, "name": sub.spec.name, "spec": sub.spec.spec_path, "manifest": str(manifest),
         "script": str(script), "log_dir": str(sub.log_dir), "tracking_uri": sub.tracking_uri,
         "experiment": sub.spec.experiment, "epochs": sub.spec.training.epochs,
         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }, indent=1))
 
 
-def print_submitted(sub: Submission, job_id: str, script: Path) -> None:
+def print_submitted(sub: Submission, job_id: str, run_id: Optional[str] = None) -> None:
     r = sub.spec.resources
     print(f"submitted job {job_id}: {sub.spec.name} on {sub.partition}, {r.nodes} node(s) x "
           f"{r.gpus_per_node} process(es), time limit {r.time}")
-    print(f"script:   {script}")
-    print(f"spec:     {freeze.frozen_paths(sub.log_dir, sub.stem)[0]} (frozen: later edits "
-          "do not reach this job)")
+    print(f"script:   {sub.log_dir / f'{sub.spec.name}-{job_id}.sbatch'}")
+    print(f"launch:   {sub.launch_folder} (the resolved spec and a copy of the job file: later "
+          "edits do not reach this job)")
     print(f"logs:     {sub.log_dir / f'{sub.spec.name}-{job_id}.out'} (and .err)")
+    run = f"run {run_id}" if run_id else "its run"
     print(f"mlflow:   {sub.tracking_uri}, experiment {sub.spec.experiment!r}, "
-          f"run tagged slurm.job_id={job_id}")
+          f"{run} tagged slurm.job_id={job_id}")
     print(f"follow:   harness status {job_id}")

@@ -103,7 +103,7 @@ def test_a_killed_rank_fails_the_run_fast(workdir, pima_csv, engine):
         lines.append(line)
         if re.search(r"epoch +2/1000", line):
             break
-    os.kill(_worker_pid(1, marker), signal.SIGKILL)
+    os.kill(_worker_pid(1, str(workdir)), signal.SIGKILL)  # the manifest's path is under it
     killed_at = time.time()
     rest, _ = proc.communicate(timeout=90)
     elapsed = time.time() - killed_at
@@ -163,8 +163,13 @@ def test_a_job_requeued_past_the_cap_fails_with_the_reason(workdir):
     partition's max_requeues (exported by the batch script), the worker ends the run FAILED."""
     step = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
             "SLURM_RESTART_COUNT": "3", "HARNESS_MAX_REQUEUES": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-m", "harness.runtime.worker", str(JOBS / "synthetic.yaml"),
-                           "--set", "data.samples_per_epoch=64", "--resume"], cwd=workdir,
+    from harness.spec import manifest
+    from harness.spec.loader import load_spec
+    spec = load_spec(JOBS / "synthetic.yaml", ["data.samples_per_epoch=64"])
+    launch = manifest.write(manifest.new("submit", [manifest.Point(0, spec)], manifest.Layout(1),
+                                         f"sqlite:///{workdir / 'mlflow.db'}", True), workdir / "l")
+    done = subprocess.run([sys.executable, "-m", "harness.runtime.worker", "--manifest",
+                           str(launch.path)], cwd=workdir,
                           env={**os.environ, **step}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "requeued 3 times, more than the partition's max_requeues=2" in done.stderr

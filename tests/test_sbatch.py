@@ -18,6 +18,7 @@ from slurm.render import parse_sbatch_options, render_sbatch
 
 GOLDEN = Path(__file__).parent / "golden"
 LARS = load_cluster("lars")
+MANIFEST = Path("/scratch/runs/lensfinder_cnn/launches/0123456789abcdef/launch.json")
 
 
 def _render(partition, gpus, nodes=1, overrides=()):
@@ -25,7 +26,7 @@ def _render(partition, gpus, nodes=1, overrides=()):
                      [f"resources.partition={partition}", f"resources.gpus_per_node={gpus}",
                       f"resources.nodes={nodes}", "resources.time=01:00:00", *overrides])
     spec = dataclasses.replace(spec, spec_path="/opt/harness/jobs/lensfinder_cnn.yaml")
-    return render_sbatch(spec, LARS, Path("/opt/harness"), Path("/scratch/logs"), list(overrides))
+    return render_sbatch(spec, LARS, Path("/opt/harness"), Path("/scratch/logs"), MANIFEST)
 
 
 @pytest.mark.parametrize("partition,gpus,nodes", [("rtx2080ti", 6, 2), ("gtx1080ti", 6, 1),
@@ -61,19 +62,22 @@ def test_sbatch_lines_agree_with_each_other_and_the_launch_line():
 def test_requests_that_do_not_fit_are_refused(flag, words):
     spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", flag)
     with pytest.raises(UserError, match=words):
-        render_sbatch(spec, LARS, Path("/opt/h"), Path("/l"))
+        render_sbatch(spec, LARS, Path("/opt/h"), Path("/l"), MANIFEST)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(min_size=1, max_size=40).filter(lambda v: "\x00" not in v))
+@given(st.text(min_size=1, max_size=40).filter(lambda v: "\x00" not in v and "/" not in v))
 def test_user_values_are_one_shell_word_each(value):
-    """Whatever an argument holds ($(...), quotes, ;, newlines) reaches the worker as one word."""
+    """Whatever a path holds ($(...), quotes, ;, newlines: a working directory may), the worker
+    and the data step get it as one word."""
     spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml")
-    script = render_sbatch(spec, LARS, Path("/opt/h"), Path("/l"), [f"data.x={value}"])
+    manifest = Path("/work") / value / "launch.json"
+    script = render_sbatch(spec, LARS, Path("/opt/h"), Path("/l"), manifest)
     launch = script.split("\nsrun ", 1)[1].rsplit(" &\nstep=$!", 1)[0]
     words = shlex.split(launch)
-    assert words[words.index("--set") + 1] == f"data.x={value}"
-    assert words[-1] == "--resume"
+    assert words[-2:] == ["--manifest", str(manifest)]
+    prepare = script.split("before the ranks start\n", 1)[1].split("\n# --- launch", 1)[0]
+    assert shlex.split(prepare)[-3:] == ["harness.runtime.prepare", "--manifest", str(manifest)]
 
 
 # --------------------------------------------------------------------------- site options
@@ -91,7 +95,7 @@ def test_site_preamble_and_options_from_profile_spec_and_cli(tmp_path):
         "sbatch:\n  account: cbpf\n  qos: normal\n"))))
     spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml",
                      ["resources.sbatch={qos: long, constraint: turing}"])
-    script = render_sbatch(spec, cluster, Path("/opt/h"), Path("/l"),
+    script = render_sbatch(spec, cluster, Path("/opt/h"), Path("/l"), MANIFEST,
                            extra={"reservation": "lecture day", "exclusive": None})
     opts = parse_sbatch_options(script)
     # profile < spec < command line, each option once
@@ -111,10 +115,10 @@ def test_a_site_template_replaces_the_script(tmp_path):
         "{% endfor %}apptainer exec /images/tf.sif {{ launch | map('quote') | join(' ') }}\n")
     cluster = load_cluster(str(_profile(tmp_path, "template: container.sh.j2\n")))
     spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml")
-    script = render_sbatch(spec, cluster, Path("/opt/h"), Path("/l"), ["data.x=$(rm -rf ~)"])
+    script = render_sbatch(spec, cluster, Path("/opt/h"), Path("/l"), Path("/l/$(rm -rf ~)/launch.json"))
     assert "apptainer exec /images/tf.sif srun --mpi=pmix" in script
     assert parse_sbatch_options(script)["partition"] == "rtx2080ti"
-    assert "'data.x=$(rm -rf ~)'" in script  # the site template quotes as the default one does
+    assert "'/l/$(rm -rf ~)/launch.json'" in script  # the site template quotes as the default one does
 
 
 @pytest.mark.parametrize("where,options,words", [
@@ -135,7 +139,7 @@ def test_bad_site_options_are_one_clear_error(tmp_path, where, options, words):
         cluster = load_cluster(str(_profile(tmp_path, options))) if where == "profile" else LARS
         extra = sbatch_options.parse_cli([options]) if where == "cli" else {}
         render_sbatch(load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", spec_sets), cluster,
-                      Path("/opt/h"), Path("/l"), extra=extra)
+                      Path("/opt/h"), Path("/l"), MANIFEST, extra=extra)
 
 
 def test_the_signal_is_one_constant_for_directive_handler_and_trap():
@@ -155,7 +159,7 @@ def test_mpirun_launch_follows_horovods_mpi_guide(tmp_path):
         "launch: mpirun")
     (tmp_path / "mpi.yaml").write_text(profile)
     spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", ["resources.nodes=2"])
-    script = render_sbatch(spec, load_cluster(str(tmp_path / "mpi.yaml")), Path("/opt/h"), Path("/l"))
+    script = render_sbatch(spec, load_cluster(str(tmp_path / "mpi.yaml")), Path("/opt/h"), Path("/l"), MANIFEST)
     launch = shlex.split(next(line for line in script.splitlines() if line.startswith("mpirun ")))
     assert launch[:8] == ["mpirun", "-np", "12", "--bind-to", "none", "--map-by", "slot",
                           "/opt/h/.venv/bin/python"]
@@ -165,10 +169,10 @@ def test_mpi_yields_the_core_on_a_cpu_partition_only():
     """CPU ranks share their cores with Open MPI's progress loop: it must yield, not spin."""
     lars = load_cluster("lars")
     spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml")
-    gpu = render_sbatch(spec, lars, Path("/opt/h"), Path("/l"))
+    gpu = render_sbatch(spec, lars, Path("/opt/h"), Path("/l"), MANIFEST)
     cpu_only = dataclasses.replace(lars, partitions={
         name: dataclasses.replace(part, gres=False) for name, part in lars.partitions.items()})
-    cpu = render_sbatch(spec, cpu_only, Path("/opt/h"), Path("/l"))
+    cpu = render_sbatch(spec, cpu_only, Path("/opt/h"), Path("/l"), MANIFEST)
     assert "export OMPI_MCA_mpi_yield_when_idle=1" in cpu
     assert "OMPI_MCA_mpi_yield_when_idle" not in gpu
 
@@ -180,7 +184,7 @@ def test_the_tf_engine_launches_with_srun_and_its_own_environment():
         profile = dataclasses.replace(LARS, partitions={
             name: dataclasses.replace(part, launch=launch) for name, part in LARS.partitions.items()})
         spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml", ["training.engine=tf", "resources.nodes=2"])
-        script = render_sbatch(spec, profile, Path("/opt/h"), Path("/l"))
+        script = render_sbatch(spec, profile, Path("/opt/h"), Path("/l"), MANIFEST)
         launch_line = shlex.split(next(line for line in script.splitlines()
                                        if line.startswith(("srun ", "mpirun "))))
         assert launch_line[:4] == ["srun", "--mpi=none", "--unbuffered", "--kill-on-bad-exit=1"]

@@ -37,13 +37,13 @@ def test_dev_slurm_on_a_machine_without_scontrol_is_down_not_an_error(monkeypatc
     assert DevSlurm(tmp_path).up() is False
 
 
-def test_two_submissions_in_one_second_freeze_two_specs(workdir):
-    """`harness scale` queues its sizes from one process within a second: each job must run its
-    own frozen spec (its own checkpoint folder), never the one frozen for the size before."""
-    from slurm.cluster import load_cluster
-    from slurm.submit import prepare
+def test_sizes_of_a_scaling_run_are_launches_of_their_own(workdir):
+    """`harness scale` queues its sizes from one process within a second: each job must train
+    its own launch (its own checkpoint folder), never the one written for the size before."""
+    from harness.runtime import launches
     from harness.spec.loader import load_spec
-    cluster = load_cluster("lars")
-    stems = {prepare(load_spec(REPO / "jobs" / "synthetic.yaml"), cluster, [],
-                     "sqlite:///mlflow.db", None, {}).stem for _ in range(2)}
-    assert len(stems) == 2, stems
+    folders = {launches.launch_folder(spec, launches.batch_manifest(spec, "sqlite:///mlflow.db"))
+               for spec in (load_spec(REPO / "jobs" / "synthetic.yaml", [f"resources.nodes={n}",
+                                                                          f"checkpoint.dir=np{n}"])
+                            for n in (1, 2))}
+    assert len(folders) == 2, folders

@@ -121,28 +121,20 @@ def test_summarize_names_what_it_could_not_find(workdir):
     assert done.returncode == 2 and "sweep 'no-such-sweep': not found" in done.stderr
 
 
-def test_an_array_task_reads_its_own_point_from_the_file(tmp_path, monkeypatch):
-    from harness.spec import sweep_points
-    path = sweep_points.write(tmp_path, {"points": [{"index": 0, "spec": "a"}, {"index": 1, "spec": "b"}]})
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
-    assert sweep_points.point_of_task(path)["spec"] == "b"
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    with pytest.raises(UserError, match="task 2, but the sweep has 2 points"):
-        sweep_points.point_of_task(path)
-
-
-def test_the_array_script_runs_every_point_from_the_points_file(tmp_path):
+def test_the_array_script_runs_every_point_from_the_manifest(tmp_path):
     from slurm.cluster import load_cluster
     from slurm.render import JobArray, parse_sbatch_options, render_sbatch
     from harness.spec.loader import load_spec
     spec = load_spec(REPO / "jobs" / "lensfinder_cnn.yaml")
-    points = tmp_path / "points.json"
-    script = render_sbatch(spec, load_cluster("lars"), REPO, tmp_path, (), "http://head:5000",
-                           array=JobArray(12, 3, points))
+    launch = tmp_path / "launch.json"
+    script = render_sbatch(spec, load_cluster("lars"), REPO, tmp_path, launch, "http://head:5000",
+                           array=JobArray(12, 3))
     options = parse_sbatch_options(script)
     assert options["array"] == "0-11%3"
     assert options["output"].endswith("%x-%A_%a.out") and options["error"].endswith("%x-%A_%a.err")
-    assert f"-m harness.runtime.worker --sweep-points {points} --resume" in script
+    # No index on the line: each task's SLURM_ARRAY_TASK_ID names its point in the manifest.
+    assert script.count(f"-m harness.runtime.worker --manifest {launch} &\n") == 1
+    assert f"-m harness.runtime.prepare --manifest {launch}\n" in script
     assert "requeue" in options  # each task requeues like a single job
     assert "scontrol requeue \"$SLURM_JOB_ID\"" in script  # the task's own id, not the array's
 

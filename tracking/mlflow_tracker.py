@@ -176,9 +176,20 @@ def import_fallback(path: Path, client: MlflowClient) -> int:
 
 
 def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set]:
-    """{metric key: steps already logged} for a run."""
+    """{metric key: every step already logged} for a run (the fallback import fills gaps)."""
     keys = client.get_run(run_id).data.metrics.keys()
     return {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+
+
+def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """{metric key: the highest step logged}, from one read of the run.
+
+    MLflow keeps each key's latest metric (highest step) with the run, so a resume learns where
+    every curve stopped without fetching any history: a run holding a week of telemetry resumes
+    as fast as an empty one.
+    """
+    run = client.get_run(run_id)
+    return {m.key: int(m.step) for m in getattr(run.data, "_metric_objs", [])}
 
 
 class MlflowTracker:
@@ -186,6 +197,8 @@ class MlflowTracker:
 
     def __init__(self, client: MlflowClient, run_id: str, uri: str, fallback: Path,
                  already_logged: Optional[dict] = None):
+        # {key: last step logged before this attempt}: steps of a run only grow, so a step at
+        # or below it was logged by an earlier attempt.
         self.client, self.run_id, self.uri = client, run_id, uri
         self.already_logged = already_logged or {}
         self.sender = MetricSender(client, run_id, fallback, uri)
@@ -209,7 +222,7 @@ class MlflowTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         for key, value in metrics.items():
-            if step in self.already_logged.get(key, ()):
+            if step <= self.already_logged.get(key, -1):
                 continue  # logged before a crash or preemption: each step appears once
             self.sender.queue.put(Metric(key, float(value), now, step))
 

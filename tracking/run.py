@@ -80,23 +80,26 @@ def submission_facts(spec: JobSpec) -> tuple[str, Optional[tuple[float, str]]]:
     return uri, earlier_epoch_seconds(spec, uri)
 
 
-def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> object:
+def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
+                 run_id: Optional[str] = None) -> object:
     """Rank 0 gets the run's tracker; every other rank the do-nothing twin.
 
-    ``derived`` holds parameters the runtime computes (the scaled learning rate), passed in so
-    that tracking never imports the runtime.
+    ``run_id`` is the run the launch created (None: create one here, for a script sbatch-ed by
+    hand).  ``derived`` holds parameters the runtime computes (the scaled learning rate), passed
+    in so that tracking never imports the runtime.
     """
-    if not ctx.is_chief or not spec.tracking.enabled or not check_reachable(spec):
+    if not ctx.is_chief or not spec.tracking.enabled:
+        return NullTracker()
+    if run_id is None and not check_reachable(spec):  # a launch's run was checked at launch
         return NullTracker()
     from tracking import store_template
-    from tracking.mlflow_tracker import MlflowClient, logged_steps
+    from tracking.mlflow_tracker import MlflowClient, last_logged_steps
 
     store_template.seed(tracking_uri())
     client = MlflowClient(tracking_uri())
-    run_id = os.environ.get("MLFLOW_RUN_ID") or (resume_state.run_id if resume_state else None)
     already = {}
     if run_id:
-        already = logged_steps(client, run_id)
+        already = last_logged_steps(client, run_id)
         client.update_run(run_id, status="RUNNING")
         _forget_failure(client, run_id)
     else:
@@ -110,13 +113,67 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = ()) -> obj
 
 
 def open_tracker_in_background(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
-                               on_open=None) -> object:
+                               run_id: Optional[str] = None, enabled: bool = True) -> object:
     """``open_tracker`` on a thread (rank 0): training starts while the run opens; see
-    tracking/deferred.py.  ``on_open(tracker)`` runs on that thread once the run is open."""
-    if not ctx.is_chief or not spec.tracking.enabled:
+    tracking/deferred.py.  ``enabled`` False: the launch decided to train without tracking."""
+    if not ctx.is_chief or not spec.tracking.enabled or not enabled:
         return NullTracker()
     from tracking.deferred import DeferredTracker
-    return DeferredTracker(lambda: open_tracker(spec, ctx, resume_state, derived), on_open)
+    return DeferredTracker(lambda: open_tracker(spec, ctx, resume_state, derived, run_id))
+
+
+def launch_uri(spec: JobSpec) -> str:
+    """Where a launch's runs go: the tracking URI, or "" when this job trains without tracking
+    (switched off, or the server is unreachable and tracking.required is false)."""
+    if not spec.tracking.enabled or not check_reachable(spec):
+        return ""
+    return tracking_uri()
+
+
+def create_job_run(spec: JobSpec, kind: str = "LOCAL", status: str = "RUNNING",
+                   tags: Mapping = (), parent_run_id: Optional[str] = None) -> str:
+    """The run of one job, created before its processes start (its id goes into the manifest).
+
+    ``status`` SCHEDULED for a job that waits in SLURM's queue; rank 0 sets RUNNING when it
+    starts."""
+    from tracking import store_template
+    from tracking.mlflow_tracker import MlflowClient
+    store_template.seed(tracking_uri())  # a new local store: a copy, not MLflow's migrations
+    client = MlflowClient(tracking_uri())
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or spec.experiment
+    run_id = create_run(client, name, spec.name, {"harness.job": spec.job,
+                                                  **source_tags(spec.spec_path, kind), **dict(tags)},
+                        parent_run_id)
+    if status != "RUNNING":
+        client.update_run(run_id, status=status)
+    return run_id
+
+
+def tag_run(run_id: str, tags: Mapping) -> None:
+    """Tags on a run from outside the job (the SLURM job id once sbatch has given it)."""
+    from tracking.mlflow_tracker import MlflowClient
+    from mlflow.entities import RunTag
+    MlflowClient(tracking_uri()).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def run_status(run_id: str) -> Optional[str]:
+    """A run's status at the tracking URI, None when it is gone or cannot be read."""
+    from tracking.mlflow_tracker import MlflowClient
+    try:
+        return MlflowClient(tracking_uri()).get_run(run_id).info.status
+    except Exception:
+        return None
+
+
+def delete_runs(uri: str, run_ids) -> None:
+    """Best effort: runs that describe a launch SLURM refused."""
+    from tracking.mlflow_tracker import MlflowClient
+    client = MlflowClient(uri)
+    for run_id in run_ids:
+        try:
+            client.delete_run(run_id)
+        except Exception:  # the refusal itself is what the user must see
+            pass
 
 
 def mark_failed(run_id: str, uri: str, reason: str) -> None:

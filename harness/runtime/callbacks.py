@@ -209,6 +209,10 @@ class PreemptionGuard(tf.keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
+    def check_at_next_batch(self) -> None:
+        """Agree after the next batch whatever the interval (after a hold, a signal is likely)."""
+        self.next_check = self.batches + 1
+
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
         if self.batches < self.next_check:
@@ -222,3 +226,39 @@ class PreemptionGuard(tf.keras.callbacks.Callback):
             raise preemption.Preempted(self.epoch)
         self.last_checked, self.since = self.batches, time.perf_counter()
         self.next_check = self.batches + preemption.check_interval(agreed[1], agreed[2])
+
+
+HOLD_AFTER_EPOCH_ENV = "HARNESS_HOLD_AFTER_EPOCH"
+HOLD_RELEASE_ENV = "HARNESS_HOLD_RELEASE"
+HOLD_MAX_S = 600.0
+
+
+class HoldPoint(tf.keras.callbacks.Callback):
+    """Holds every rank after epoch K (``HARNESS_HOLD_AFTER_EPOCH``) until a stop signal arrives
+    or the file ``HARNESS_HOLD_RELEASE`` appears: a test that preempts or cancels a job acts at
+    a point it controls instead of racing the job to its end.  The line "hold: after epoch K"
+    says the job is there.  Runs last, after the epoch's line and checkpoint; the guard then
+    agrees at the very next batch, so the stop lands in epoch K+1 on every rank.
+    """
+
+    def __init__(self, epoch: int, release: str, guard: Optional[PreemptionGuard], chief: bool):
+        super().__init__()
+        self.epoch, self.release, self.guard, self.chief = epoch, release, guard, chief
+
+    @classmethod
+    def from_env(cls, env, guard, chief: bool) -> Optional["HoldPoint"]:
+        value = env.get(HOLD_AFTER_EPOCH_ENV, "")
+        return cls(int(value), env.get(HOLD_RELEASE_ENV, ""), guard, chief) if value.isdigit() else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 != self.epoch:
+            return
+        if self.chief:
+            print(f"hold: after epoch {self.epoch}, until a signal"
+                  + (f" or {self.release}" if self.release else ""), flush=True)
+        deadline = time.monotonic() + HOLD_MAX_S
+        while not (preemption.requested() or time.monotonic() > deadline
+                   or (self.release and Path(self.release).exists())):
+            time.sleep(0.05)
+        if self.guard is not None:
+            self.guard.check_at_next_batch()

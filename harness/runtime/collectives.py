@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-MEASURE_ALLREDUCE = "HARNESS_MEASURE_ALLREDUCE"  # set by `harness scale`: workers time their model's
+MEASURE_ALLREDUCE = "measure_allreduce"  # a launch option `harness scale` sets: workers time their model's
 MIN_SECONDS, MIN_ITERS, MAX_ITERS = 0.2, 3, 50
 
 

@@ -1,4 +1,4 @@
-"""Start N local training processes and watch them (``harness run``).
+"""Start N local training processes and watch them (``harness run``, local sweeps and scaling).
 
 One process runs the worker directly.  With the Horovod engine more go through
 ``horovodrun --gloo``, which stops every process as soon as one fails; with the tf
@@ -9,6 +9,7 @@ which rank failed first.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -17,14 +18,15 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-RUN_RECORD_ENV = "HARNESS_RUN_RECORD"  # where rank 0 notes its MLflow run for the launcher
+from harness.engines import python_for
+from harness.entrypoints import worker_command
+from harness.spec.manifest import Manifest
 _PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")  # gloo [1], mpirun [1,0]
 _FIRST_FAILED = re.compile(r"^Process name: \S*?(\d+)\]?\s*$")
 _FAILED_CODE = re.compile(r"^Exit code: (-?\d+)")
@@ -86,15 +88,24 @@ def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
     print(text if rank == 0 else f"[rank {rank}] {text}", file=out, flush=True)
 
 
+def launch(manifest: Manifest, index: int = 0, extra_env: Optional[dict] = None) -> int:
+    """Train point ``index`` of a written manifest on this machine; its exit code."""
+    point = manifest.point(index)
+    worker = worker_command(python_for(manifest.engine), str(manifest.path), index)
+    run = (point.run_id, manifest.tracking_uri) if point.run_id else None
+    return run_processes(manifest.layout.processes, worker, extra_env=extra_env,
+                         engine=manifest.engine, run=run)
+
+
 def run_processes(processes: int, worker: list[str], controller: str = "gloo",
-                  extra_env: Optional[dict] = None, engine: str = "horovod") -> int:
-    """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted)."""
-    with tempfile.TemporaryDirectory(prefix="harness-run-") as scratch:
-        record = Path(scratch) / "run.json"  # rank 0 says here which MLflow run it writes
-        env = dict(worker_env(), **(extra_env or {}), **{RUN_RECORD_ENV: str(record)})
-        if engine == "tf" and processes > 1:
-            return _watch_workers(worker, tf_worker_envs(processes, env), record)
-        return _watch(launch_command(processes, worker, controller), env, record)
+                  extra_env: Optional[dict] = None, engine: str = "horovod",
+                  run: Optional[tuple] = None) -> int:
+    """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted).
+    ``run`` (run id, tracking URI): the MLflow run that is told which rank failed first."""
+    env = dict(worker_env(), **(extra_env or {}))
+    if engine == "tf" and processes > 1:
+        return _watch_workers(worker, tf_worker_envs(processes, env), run)
+    return _watch(launch_command(processes, worker, controller), env, run)
 
 
 def free_ports(count: int) -> list[int]:
@@ -120,7 +131,7 @@ def tf_worker_envs(processes: int, env: dict) -> list[dict]:
 STOP_GRACE_S = 5.0  # after a worker fails, the others get SIGTERM, then SIGKILL after this
 
 
-def _watch_workers(worker: list[str], envs: list[dict], record: Path) -> int:
+def _watch_workers(worker: list[str], envs: list[dict], run: Optional[tuple]) -> int:
     """Start one process per rank, relay their lines, stop them all when one fails."""
     procs = [subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, start_new_session=True, bufsize=1) for env in envs]
@@ -155,7 +166,7 @@ def _watch_workers(worker: list[str], envs: list[dict], record: Path) -> int:
     if stopped is not None:
         reason = reason.replace("were stopped", f"were stopped within {stopped:.1f} s")
     print(f"run failed: {reason}", file=sys.stderr, flush=True)
-    record_first_failure(record, reason)
+    record_first_failure(run, reason)
     return 1
 
 
@@ -207,7 +218,7 @@ def _terminate_all(procs: list, grace_s: float) -> None:
             _signal_group(proc, signal.SIGKILL)
 
 
-def _watch(cmd: list[str], env: dict, record: Path) -> int:
+def _watch(cmd: list[str], env: dict, run: Optional[tuple]) -> int:
     report = FailureReport()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True, bufsize=1)
@@ -227,16 +238,30 @@ def _watch(cmd: list[str], env: dict, record: Path) -> int:
     if returncode != 0:
         reason = report.describe(returncode)
         print(f"run failed: {reason}", file=sys.stderr, flush=True)
-        record_first_failure(record, reason)
+        record_first_failure(run, reason)
         return 1
     return 0
 
 
-def record_first_failure(record: Path, reason: str) -> None:
+def record_first_failure(run: Optional[tuple], reason: str) -> None:
     """The run says which rank failed first, where and how (not rank 0's later error)."""
-    try:
-        run = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return  # rank 0 never opened a run (failed early, or tracking is off)
+    if run is None:
+        return  # tracking is off for this launch
     from tracking.run import mark_failed
-    mark_failed(run["run_id"], run["uri"], reason)
+    mark_failed(run[0], run[1], reason)
+
+
+def main(argv=None) -> int:
+    """``python -m harness.runtime.launcher MANIFEST [--index I]``: what a local sweep starts
+    for each point, so every point is launched, watched and reported as ``harness run`` is."""
+    from harness.errors import exit_code_of
+    from harness.spec import manifest as launch_manifest
+    parser = argparse.ArgumentParser(prog="harness.runtime.launcher")
+    parser.add_argument("manifest")
+    parser.add_argument("--index", type=int, default=0)
+    args = parser.parse_args(argv)
+    return exit_code_of(lambda: launch(launch_manifest.read(Path(args.manifest)), args.index))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

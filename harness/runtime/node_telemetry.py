@@ -15,17 +15,18 @@ from harness.runtime.distributed import ProcessContext
 from harness.spec.schema import JobSpec
 
 
-def _sink_for(ctx: ProcessContext, tracker, run_id: Optional[str], started: float):
-    """Where one node's samples go; steps are seconds since the job started (unique on resume)."""
+def _sink_for(ctx: ProcessContext, tracker, run_id: Optional[str], origin: float):
+    """Where one node's samples go; steps are seconds since the launch was written, so the
+    attempts of a requeued job follow one another on one axis instead of overlapping."""
     if ctx.is_chief:
-        return lambda metrics, t: tracker.log_system_metrics(metrics, step=int(t - started))
+        return lambda metrics, t: tracker.log_system_metrics(metrics, step=int(t - origin))
     if run_id is None:
         return lambda metrics, t: None
     from tracking.run import attach
     node = attach(run_id, fallback_path(ctx, run_id))  # this node's own sender, the same run
 
     def sink(metrics, t):
-        node.log_system_metrics(metrics, step=int(t - started))
+        node.log_system_metrics(metrics, step=int(t - origin))
     sink.tracker = node
     return sink
 
@@ -36,10 +37,10 @@ def fallback_path(ctx: ProcessContext, run_id: str):
 
 
 def start(spec: JobSpec, ctx: ProcessContext, tracker, run_id: Optional[str],
-          started: float) -> Optional[telemetry.Sampler]:
+          origin: float) -> Optional[telemetry.Sampler]:
     if not spec.telemetry.enabled or ctx.local_rank != 0:
         return None
-    sampler = telemetry.Sampler(_sink_for(ctx, tracker, run_id, started),
+    sampler = telemetry.Sampler(_sink_for(ctx, tracker, run_id, origin),
                                 interval_s=spec.telemetry.interval_s,
                                 notify=lambda msg: print(msg, flush=True))
     return sampler.start()

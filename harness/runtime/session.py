@@ -1,44 +1,49 @@
 """One training process from start to end: init, tracking, training, summary, run status."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from types import ModuleType
 
 from harness.errors import RunFailed
-from harness.files import atomic_write_text
-from harness.runtime import checkpoint, collectives, launcher, node_telemetry, overfitting, trainer
+from harness.runtime import checkpoint, collectives, node_telemetry, overfitting, trainer
 from harness.runtime.distributed import init_process
 from harness.runtime.lr import scaled_rate
-from harness.spec import freeze
+from harness.spec import manifest as launch_manifest
+from harness.spec.manifest import Manifest, Point
 from harness.spec.schema import JobSpec
 from harness.telemetry import nvml
 from slurm import preemption
-from tracking import open_tracker_in_background, tracking_uri
+from tracking import open_tracker_in_background
 
 
-def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
+def run_training(launch: Manifest, point: Point, job: ModuleType) -> int:
     started = time.time()
+    spec = point.spec
     ctx = init_process(spec.training.seed, spec.training.engine)
-    state = checkpoint.plan_resume(spec.checkpoint_dir, resume)
+    state = checkpoint.plan_resume(spec.checkpoint_dir, launch.resume)
     if ctx.is_chief:
         where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
+    # The launch created the run; a script sbatch-ed by hand (no run yet) continues the one its
+    # checkpoint names on a requeue.
+    run_id = point.run_id or (state.run_id if state else None)
     # Rank 0 opens the MLflow run on a thread while training starts (seconds of MLflow import
     # and store checks no rank waits for); calls made meanwhile are replayed into it.
-    tracker = open_tracker_in_background(spec, ctx, state, derived_params(spec, ctx),
-                                         on_open=lambda opened: tell_launcher(ctx, opened))
-    record_job_file(spec, ctx, tracker)
+    tracker = open_tracker_in_background(spec, ctx, state, derived_params(spec, ctx), run_id,
+                                         enabled=bool(launch.tracking_uri))
+    record_job_file(launch, ctx, tracker)
     check_requeue_cap(ctx, tracker)
-    # Other nodes' telemetry writes into the run by its id: a multi-node job waits for it here.
-    run_id = ctx.engine.broadcast_object(tracker.run_id) if len(ctx.hosts) > 1 else None
-    sampler = node_telemetry.start(spec, ctx, tracker, run_id, started)
+    # Other nodes' telemetry writes into the run by its id; without one from the launch, a
+    # multi-node job waits here for rank 0 to create it.
+    if len(ctx.hosts) > 1 and launch.tracking_uri and run_id is None:
+        run_id = ctx.engine.broadcast_object(tracker.run_id)
+    sampler = node_telemetry.start(spec, ctx, tracker, run_id if len(ctx.hosts) > 1 else None,
+                                   launch.created)
     try:
         outcome = trainer.train(spec, job, ctx, tracker, state)
-        if os.environ.get(collectives.MEASURE_ALLREDUCE):
+        if launch.options.get(collectives.MEASURE_ALLREDUCE):
             measure_communication(spec, ctx, outcome, tracker)
         telemetry_lines, samples = node_telemetry.finish(sampler, ctx, tracker)
         sampler = None
@@ -65,16 +70,9 @@ def run_training(spec: JobSpec, job: ModuleType, resume: bool) -> int:
             sampler.stop()
 
 
-def tell_launcher(ctx, tracker) -> None:
-    """`harness run` marks the run with the first failure it sees: it needs the run's id."""
-    path = os.environ.get(launcher.RUN_RECORD_ENV)
-    if path and ctx.is_chief and tracker.run_id:
-        atomic_write_text(Path(path), json.dumps({"run_id": tracker.run_id, "uri": tracking_uri()}))
-
-
-def record_job_file(spec: JobSpec, ctx, tracker) -> None:
-    """The job file's hash as a tag; under SLURM, whether it changed after submission."""
-    tags, note = freeze.provenance(spec)
+def record_job_file(launch: Manifest, ctx, tracker) -> None:
+    """The job file's hash as a tag; for a queued job, whether it changed after submission."""
+    tags, note = launch_manifest.provenance(launch)
     tracker.set_tags(tags)
     if note and ctx.is_chief:
         print(note, flush=True)

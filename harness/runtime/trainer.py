@@ -8,6 +8,7 @@ the code here never branches on rank except to choose them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Optional
@@ -183,9 +184,10 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         cb.EpochClock(samples_per_step, ctx.size),
         watch,
     ]
-    if preemptible:
+    guard = cb.PreemptionGuard(ctx.engine) if preemptible else None
+    if guard is not None:
         # After the metric averaging: a stop between batches never splits an allreduce.
-        chain.append(cb.PreemptionGuard(ctx.engine))
+        chain.append(guard)
     if ctx.is_chief:
         chain.append(cb.Reporter(tracker, t.epochs, steps, spec.tracking.batch_metrics_every))
         chain.append(cb.Checkpointer(
@@ -195,4 +197,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
                 signature=checkpoint.model_signature(watch.model),
                 best_weights=watch.best_weights),
             saved_epoch=start if resumed else None, start_epoch=start, preemptible=preemptible))
+    hold = cb.HoldPoint.from_env(os.environ, guard, ctx.is_chief)  # tests: a point they control
+    if hold is not None:
+        chain.append(hold)
     return chain

@@ -19,8 +19,6 @@ from typing import Optional
 from harness.scaling import comm_model
 from harness.runtime import launcher
 from harness.scaling import stats as scaling
-from harness.engines import python_for
-from harness.entrypoints import worker_command
 from harness.errors import RunFailed, UserError
 from harness.spec.loader import load_spec
 from harness.runtime.collectives import MEASURE_ALLREDUCE
@@ -78,27 +76,37 @@ def size_overrides(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str) -> lis
                              f"checkpoint.every_epochs={plan.repeats + WARMUP_EPOCHS}"]
 
 
-def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, env: dict) -> None:
-    engine = spec.training.engine
-    worker = worker_command(python_for(engine), plan.spec_path, size_overrides(plan, spec, n, sweep_id))
-    if launcher.run_processes(n, worker, extra_env=env, engine=engine) != 0:
+def size_group(sweep_id: str, parent_run_id: str, n: int) -> dict:
+    return {"kind": "scale", "id": sweep_id, "parent_run_id": parent_run_id, "processes": n}
+
+
+def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, run_id: str,
+              parent_run_id: str) -> None:
+    from harness.runtime import launches
+    from harness.runtime.prepare import prepare_launch
+    sized = load_spec(plan.spec_path, size_overrides(plan, spec, n, sweep_id))
+    launch = launches.local(sized, n, False, group=size_group(sweep_id, parent_run_id, n),
+                            options={MEASURE_ALLREDUCE: True}, run_id=run_id, verb="scale")
+    prepare_launch(launch)
+    if launcher.launch(launch) != 0:
         raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
 
 
 def submit_size(plan: SweepPlan, spec: JobSpec, where: comm_model.Layout, sweep_id: str,
-                env: dict, after: Optional[str]) -> str:
+                run_id: str, parent_run_id: str, after: Optional[str]) -> str:
     """Queue size N as its own job, after the previous size (sizes must not share nodes)."""
+    from harness.runtime import launches
     from slurm.cluster import load_cluster
-    from slurm.submit import prepare, queue_script
     from tracking.run import submission_facts
     cluster = load_cluster(plan.cluster)
     overrides = size_overrides(plan, spec, where.processes, sweep_id) + [
         f"resources.nodes={where.nodes}", f"resources.gpus_per_node={where.per_node}"]
     sized = load_spec(plan.spec_path, overrides)
     uri, estimate = submission_facts(sized)
-    sub = prepare(sized, cluster, overrides, uri, estimate, plan.sbatch)
     dependency = [f"--dependency=afterany:{after}"] if after else []
-    return queue_script(sub, env, dependency)
+    return launches.submit_batch(sized, cluster, uri, estimate, plan.sbatch, False,
+                                 size_group(sweep_id, parent_run_id, where.processes),
+                                 {MEASURE_ALLREDUCE: True}, run_id, dependency, announce=False)
 
 
 def wait_for_jobs(jobs: dict[int, str], poll_s: float = 2.0, max_poll_s: float = 15.0) -> None:
@@ -218,7 +226,7 @@ def sweep(plan: SweepPlan) -> int:
         children = {n: create_run(client, spec.experiment, f"{spec.name} N={n}",
                                   {"sweep.id": sweep_id, "scale.processes": str(n)},
                                   parent.run_id) for n in plan.sizes}
-        run_sizes(plan, spec, sweep_id, uri, children, layouts)
+        run_sizes(plan, spec, sweep_id, parent.run_id, children, layouts)
         results = {n: collect(client, children[n], n) for n in plan.sizes}
         rows, predictions = rows_with_model(results, spec.training.batch_size, plan.one_step_s,
                                             plan.comm_floor_ms / 1e3)
@@ -257,16 +265,16 @@ def sweep_params(plan: SweepPlan, spec: JobSpec) -> dict:
             "mixed_precision": spec.training.mixed_precision}
 
 
-def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, uri: str, children: dict,
+def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str, children: dict,
               layouts: dict) -> None:
     jobs, previous = {}, None
     for n in plan.sizes:
-        env = {"MLFLOW_RUN_ID": children[n], "MLFLOW_TRACKING_URI": uri, MEASURE_ALLREDUCE: "1"}
         if plan.local:
             print(f"scale: N={n}: {n} local process(es)", flush=True)
-            run_local(plan, spec, n, sweep_id, env)
+            run_local(plan, spec, n, sweep_id, children[n], parent_run_id)
         else:
-            previous = jobs[n] = submit_size(plan, spec, layouts[n], sweep_id, env, previous)
+            previous = jobs[n] = submit_size(plan, spec, layouts[n], sweep_id, children[n],
+                                             parent_run_id, previous)
             print(f"scale: N={n}: job {previous}", flush=True)
     if jobs:
         wait_for_jobs(jobs)

@@ -93,8 +93,21 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> JobSpec
         raise UserError(msg if msg.startswith(str(spec_path)) else f"{spec_path}: {msg}") from None
 
 
+def load_resolved(raw: dict, spec_source: str, manifest: Path) -> JobSpec:
+    """A spec a launch manifest holds (already resolved); ``spec_source`` is the YAML it came
+    from, so tags and git state still describe the original."""
+    try:
+        return _build(dict(raw), set(), Path(spec_source))
+    except UserError as e:
+        raise UserError(f"{manifest}: {e}") from None
+
+
 def _load(spec_path: Path, overrides: Iterable[str]) -> JobSpec:
     raw, touched = apply_overrides(read_yaml(spec_path), overrides)
+    return _build(raw, touched, spec_path)
+
+
+def _build(raw: dict, touched: set, spec_path: Path) -> JobSpec:
     job_name = raw.get("job")
     if not isinstance(job_name, str) or not job_name:
         raise UserError(f"job={job_name!r}: required; name the job script, "

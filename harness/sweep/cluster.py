@@ -24,11 +24,12 @@ ARRAY_FILE = "array.json"  # beside points.json: the array's job id, once SLURM 
 
 
 def array_script(plan: Plan, cluster, uri: str, extra: Mapping, max_parallel: Optional[int],
-                 points_file: Path) -> str:
+                 manifest: Path) -> str:
     from slurm.render import JobArray, render_sbatch
     log_dir = slurm_log_dir(plan)
-    return render_sbatch(plan.points[0].spec, cluster, REPO, log_dir, (), uri, workdir=Path.cwd(),
-                         extra=extra, array=JobArray(len(plan.points), max_parallel, points_file))
+    return render_sbatch(plan.points[0].spec, cluster, REPO, log_dir, manifest, uri,
+                         workdir=Path.cwd(), extra=extra,
+                         array=JobArray(len(plan.points), max_parallel))
 
 
 def slurm_log_dir(plan: Plan) -> Path:
@@ -46,7 +47,7 @@ def check(plan: Plan, cluster_name: str, extra: Mapping, max_parallel: Optional[
     check_shared_tracking(plan, cluster, uri, max_parallel)
     for point in plan.points:  # the same resources; the epoch estimate is checked once
         check_job(point.spec, cluster, uri, estimate if point.index == 0 else None)
-    script = array_script(plan, cluster, uri, extra, max_parallel, plan.folder / "points.json")
+    script = array_script(plan, cluster, uri, extra, max_parallel, plan.folder / "launch.json")
     if shutil.which("sbatch") is None:
         raise UserError("sbatch: not found; this is not a SLURM login node. `harness sweep "
                         "--local` runs the points on this machine")
@@ -74,10 +75,11 @@ def check_shared_tracking(plan: Plan, cluster, uri: str, max_parallel: Optional[
 
 
 def submit(plan: Plan, cluster, uri: str, extra: Mapping, max_parallel: Optional[int],
-           points_file: Path) -> tuple[str, Optional[str]]:
+           manifest: Path) -> tuple[str, Optional[str]]:
     """Queue the array and its summary job; (array job id, summary job id or None)."""
     from slurm.submit import queue
-    script = array_script(plan, cluster, uri, extra, max_parallel, points_file)
+    points_file = manifest.parent / "points.json"
+    script = array_script(plan, cluster, uri, extra, max_parallel, manifest)
     script_path = plan.folder / "sweep.sbatch"
     atomic_write_text(script_path, script)
     slurm_log_dir(plan).mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here

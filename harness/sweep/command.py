@@ -51,18 +51,19 @@ def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
               f"{req.processes} process(es) each)", flush=True)
         return 0
     check_reachable(plan.base)
-    local.prepare_data_once(plan.points)
     parent, children = runs.open_runs(plan, "local", {"sweep.max_parallel": at_once,
                                                       "sweep.processes_per_point": req.processes})
     parent.close()
-    points_file = planning.freeze_points(plan, children, parent.run_id, tracking_uri(), "local",
-                                         req.processes)
-    print(f"sweep: parent run {parent.run_id} at {tracking_uri()}; points file {points_file}",
-          flush=True)
-    from harness.spec import sweep_points
+    manifest = planning.freeze_points(plan, children, parent.run_id, tracking_uri(), "local",
+                                      req.processes)
+    points_file = plan.folder / "points.json"
+    print(f"sweep: parent run {parent.run_id} at {tracking_uri()}; launch {manifest}", flush=True)
+    from harness.runtime.prepare import prepare_launch
+    from harness.spec import manifest as launch_manifest
+    launch = launch_manifest.read(manifest)
+    prepare_launch(launch)  # once per data section: points side by side would all fill one cache
     try:
-        codes = local.run_points(sweep_points.read(points_file), req.processes, at_once,
-                                 plan.folder, gpus)
+        codes = local.run_points(launch, req.processes, at_once, plan.folder, gpus)
     except KeyboardInterrupt:
         summary.summarize(str(plan.folder), final=False)
         summary.end_parent(points_file, "KILLED")
@@ -81,10 +82,12 @@ def submit_array(req: SweepRequest, plan: planning.Plan) -> int:
         return 0
     parent, children = runs.open_runs(plan, "slurm", {"sweep.max_parallel": req.max_parallel or "none"})
     try:
-        points_file = planning.freeze_points(plan, children, parent.run_id, uri, "slurm",
-                                             plan.base.resources.nodes * plan.base.resources.gpus_per_node)
+        r = plan.base.resources
+        manifest = planning.freeze_points(plan, children, parent.run_id, uri, "slurm",
+                                          r.nodes * r.gpus_per_node, r.nodes)
+        points_file = plan.folder / "points.json"
         array_id, summary_id = cluster.submit(plan, slurm_cluster, uri, req.sbatch,
-                                              req.max_parallel, points_file)
+                                              req.max_parallel, manifest)
     except BaseException:
         runs.discard(parent, children)  # SLURM refused: nothing half-written stays
         shutil.rmtree(plan.folder, ignore_errors=True)

@@ -1,7 +1,8 @@
 """``harness sweep --local``: the points on this machine, one after another or K at a time.
 
-Each point is ``harness run`` of its frozen spec, logging into its child run, its output in
-``point-<i>.log`` in the sweep's folder.  A point that fails is reported and the others go on.
+Each point is launched from the sweep's manifest as ``harness run`` launches a job
+(``python -m harness.runtime.launcher MANIFEST --index I``), logging into its child run, its
+output in ``point-<i>.log`` in the sweep's folder.  A point that fails is reported and the others go on.
 Points run side by side only when their processes fit the machine (one per GPU, or one per
 core without GPUs); otherwise fewer at a time, and a line says why.
 """
@@ -36,8 +37,8 @@ def parallelism(wanted: int, processes: int, gpus: int) -> int:
 class PointRunner:
     """Starts points as `harness run` subprocesses and stops them all on Ctrl-C."""
 
-    def __init__(self, record: dict, processes: int, folder: Path, gpus: int = 0, at_once: int = 1):
-        self.record, self.processes, self.folder = record, processes, folder
+    def __init__(self, launch, processes: int, folder: Path, gpus: int = 0, at_once: int = 1):
+        self.launch, self.processes, self.folder = launch, processes, folder
         # Points side by side on a GPU machine each get GPUs of their own (CUDA_VISIBLE_DEVICES):
         # every point's rank 0 would otherwise pin GPU 0.
         self.gpu_groups: queue.Queue = queue.Queue()
@@ -48,14 +49,14 @@ class PointRunner:
         self.lock = threading.Lock()
         self.stopping = False
 
-    def command(self, point: dict) -> list[str]:
-        return [sys.executable, "-m", "harness.cli", "run", point["spec"], "--np", str(self.processes)]
+    def command(self, point) -> list[str]:
+        return [sys.executable, "-m", "harness.runtime.launcher", str(self.launch.path),
+                "--index", str(point.index)]
 
-    def run(self, point: dict) -> tuple[int, float]:
+    def run(self, point) -> tuple[int, float]:
         """(exit code, seconds); the point's lines go to point-<i>.log."""
-        log = self.folder / f"point-{point['index']}.log"
-        env = dict(os.environ, MLFLOW_RUN_ID=point["run_id"],
-                   MLFLOW_TRACKING_URI=self.record["tracking_uri"])
+        log = self.folder / f"point-{point.index}.log"
+        env = dict(os.environ)
         gpus = self.gpu_groups.get() if self.pin_gpus else None  # one group per running point
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus
@@ -74,13 +75,13 @@ class PointRunner:
                 proc = subprocess.Popen(self.command(point), stdout=out, stderr=subprocess.STDOUT,
                                         env=env, start_new_session=True)
                 self.live.add(proc)
-            print(f"sweep: point {point['index']} ({point['name']}) started; log {log}", flush=True)
+            print(f"sweep: point {point.index} ({point.name}) started; log {log}", flush=True)
             code = proc.wait()
         with self.lock:
             self.live.discard(proc)
         seconds = time.monotonic() - started
         word = "finished" if code == 0 else f"FAILED (exit {code}; see {log})"
-        print(f"sweep: point {point['index']} ({point['name']}) {word} in {seconds:.0f} s", flush=True)
+        print(f"sweep: point {point.index} ({point.name}) {word} in {seconds:.0f} s", flush=True)
         return code, seconds
 
     def stop_all(self) -> None:
@@ -100,26 +101,14 @@ class PointRunner:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def prepare_data_once(points) -> None:
-    """A job's ``prepare_data`` (a simulation, a download) once per distinct data section, before
-    any point starts: points side by side would otherwise all fill the same cache at once."""
-    from harness.spec.jobs import resolve_job
-    done = []
-    for point in points:
-        job = resolve_job(point.spec.job, Path(point.spec.spec_path).parent)
-        if hasattr(job, "prepare_data") and point.spec.data not in done:
-            job.prepare_data(point.spec.data)
-            done.append(point.spec.data)
-
-
-def run_points(record: dict, processes: int, at_once: int, folder: Path,
+def run_points(launch, processes: int, at_once: int, folder: Path,
                gpus: int = 0) -> dict[int, int]:
     """{point index: exit code}; every point runs even when some fail."""
-    runner = PointRunner(record, processes, folder, gpus, at_once)
+    runner = PointRunner(launch, processes, folder, gpus, at_once)
     codes = {}
     pool = ThreadPoolExecutor(max_workers=at_once)
     try:
-        futures = {p["index"]: pool.submit(runner.run, p) for p in record["points"]}
+        futures = {p.index: pool.submit(runner.run, p) for p in launch.points}
         for index, future in futures.items():
             codes[index] = future.result()[0]
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """A sweep's points as full specs: every one validated before anything is written or queued.
 
-Each point trains ``point-<i>.spec.yaml``, frozen in the sweep's folder (the base spec, the
-``--set`` overrides, the point's values and a checkpoint folder of its own), so a requeued
-array task trains exactly what was submitted even if the YAML is edited meanwhile.
+The sweep's folder holds one launch manifest (``launch.json``) with every point's resolved spec
+(the base spec, the ``--set`` overrides, the point's values and a checkpoint folder of its own)
+and child run, so a requeued array task trains exactly what was submitted even if the YAML is
+edited meanwhile; ``points.json`` beside it is the sweep's own record for its summary.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.spec import freeze, sweep_points
+from harness.spec import manifest as launch_manifest, sweep_points
 from harness.spec.loader import load_spec
 from harness.spec.schema import JobSpec, describe, flatten
 from harness.sweep import space as search
@@ -79,19 +80,22 @@ def print_points(plan: Plan) -> None:
 
 
 def freeze_points(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, where: str,
-                  processes: int) -> Path:
-    """Each point's frozen spec and the points file the tasks read; the points file's path."""
+                  processes: int, nodes: int = 1) -> Path:
+    """The launch manifest every point trains from, and the points file the summary reads; the
+    manifest's path."""
     plan.folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for p in plan.points:
-        spec_file = freeze.freeze(p.spec, plan.folder, f"point-{p.index}")
-        entries.append({"index": p.index, "name": p.name, "values": p.values,
-                        "spec": str(spec_file), "run_id": run_ids[p.index],
-                        "checkpoint_dir": str(p.spec.checkpoint_dir)})
-    return sweep_points.write(plan.folder, {
+    points = [launch_manifest.Point(p.index, p.spec, run_ids[p.index], p.name, p.values)
+              for p in plan.points]
+    launch = launch_manifest.write(launch_manifest.new(
+        "sweep", points, launch_manifest.Layout(processes, nodes), uri, True,
+        {"kind": "sweep", "id": plan.sweep_id, "parent_run_id": parent_run_id}), plan.folder)
+    entries = [{"index": p.index, "name": p.name, "values": p.values, "run_id": run_ids[p.index],
+                "checkpoint_dir": str(p.spec.checkpoint_dir)} for p in plan.points]
+    sweep_points.write(plan.folder, {
         "sweep_id": plan.sweep_id, "name": plan.base.name, "experiment": plan.base.experiment,
         "parent_run_id": parent_run_id, "tracking_uri": uri, "space": plan.space.describe(),
-        "seed": plan.space.seed, "varied": plan.varied,
+        "seed": plan.space.seed, "varied": plan.varied, "manifest": str(launch.path),
         "log_scale": [r.key for r in plan.space.ranges if r.log], "epochs": plan.base.training.epochs,
         "where": where, "processes": processes, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "points": entries})
+    return launch.path

@@ -1,0 +1,124 @@
+"""Writing a launch: the run created, the manifest written, before any process starts.
+
+Every verb that trains goes through here: ``run`` (``local``), ``render`` and ``submit``
+(``render_batch`` / ``submit_batch``), and the sweeps and scaling runs, which add a group and
+a parent run.  A launch folder is ``runs/<name>/launches/<digest>/``: the digest is the launch's
+content without its run ids, so ``harness render`` and ``harness submit`` of the same job name
+the same folder and print the same script.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+from harness.errors import UserError
+from harness.files import REPO
+from harness.spec import manifest as launch_manifest
+from harness.spec.manifest import Layout, Manifest, Point
+from harness.spec.schema import JobSpec
+
+ACTIVE = ("SCHEDULED", "RUNNING")
+
+
+def launch_folder(spec: JobSpec, launch: Manifest) -> Path:
+    return (Path.cwd() / "runs" / spec.name / "launches" / launch_manifest.digest(launch)).resolve()
+
+
+def local(spec: JobSpec, processes: int, resume: bool, resume_run_id: Optional[str] = None,
+          group: Optional[dict] = None, options: Optional[dict] = None, tags: Mapping = (),
+          parent_run_id: Optional[str] = None, run_id: Optional[str] = None,
+          verb: str = "run") -> Manifest:
+    """A written manifest for ``processes`` local processes, its run created (or the resumed
+    one, or ``run_id`` made by the caller)."""
+    from tracking.run import create_job_run, launch_uri
+    uri = launch_uri(spec)
+    if uri and run_id is None:
+        run_id = resume_run_id or create_job_run(spec, "LOCAL", "RUNNING", tags, parent_run_id)
+    launch = launch_manifest.new(verb, [Point(0, spec, run_id if uri else None)],
+                                 Layout(processes), uri, resume, group, options)
+    return launch_manifest.write(launch, launch_folder(spec, launch))
+
+
+def batch_uri(spec: JobSpec) -> str:
+    from tracking.run import tracking_uri
+    return tracking_uri() if spec.tracking.enabled else ""
+
+
+def batch_manifest(spec: JobSpec, uri: str, group: Optional[dict] = None,
+                   options: Optional[dict] = None) -> Manifest:
+    """A batch job's launch, not yet written: it always resumes (a requeue continues)."""
+    r = spec.resources
+    return launch_manifest.new("submit", [Point(0, spec)], Layout(r.nodes * r.gpus_per_node, r.nodes),
+                               uri, True, group, options)
+
+
+def batch_script(spec: JobSpec, cluster, launch: Manifest, folder: Path, extra: Mapping) -> str:
+    from slurm.render import render_sbatch
+    return render_sbatch(spec, cluster, REPO, log_dir(spec), folder / launch_manifest.FILE_NAME,
+                         launch.tracking_uri, workdir=Path.cwd(), extra=extra)
+
+
+def log_dir(spec: JobSpec) -> Path:
+    return (Path.cwd() / "runs" / spec.name / "slurm").resolve()
+
+
+def render_batch(spec: JobSpec, cluster, extra: Mapping) -> str:
+    """``harness render``: the script ``submit`` would queue, and its launch written (without a
+    run: the job creates one when it starts), so ``sbatch`` of the printed script runs it."""
+    launch = batch_manifest(spec, batch_uri(spec))
+    folder = launch_folder(spec, launch)
+    script = batch_script(spec, cluster, launch, folder, extra)
+    if not (folder / launch_manifest.FILE_NAME).exists():
+        launch_manifest.write(launch, folder)
+    return script
+
+
+def refuse_if_active(folder: Path) -> None:
+    """Two identical jobs would share one checkpoint folder and one run: refuse the second."""
+    from tracking.run import run_status
+    path = folder / launch_manifest.FILE_NAME
+    if not path.exists():
+        return
+    earlier = launch_manifest.read(path).point(0).run_id
+    status = run_status(earlier) if earlier else None
+    if status in ACTIVE:
+        raise UserError(f"{path}: this job is already submitted (MLflow run {earlier} is "
+                        f"{status}); wait for it, scancel it, or change the spec (if it died "
+                        f"without saying so, remove {folder})")
+
+
+def submit_batch(spec: JobSpec, cluster, uri: str, estimate, extra: Mapping, dry_run: bool,
+                 group: Optional[dict] = None, options: Optional[dict] = None,
+                 run_id: Optional[str] = None, sbatch_args=(), announce: bool = True) -> Optional[str]:
+    """``harness submit`` (and each size of a scaling run on SLURM): every check, then the run
+    (SCHEDULED until the job starts), the manifest and ``sbatch``.  The job id, None for a dry
+    run.  Nothing stays written when SLURM refuses."""
+    from slurm import submit as slurm_submit
+    from tracking.run import create_job_run, delete_runs, tag_run
+    launch = batch_manifest(spec, batch_uri(spec), group, options)
+    folder = launch_folder(spec, launch)
+    sub = slurm_submit.prepare(spec, cluster, uri, estimate, extra,
+                               batch_script(spec, cluster, launch, folder, extra), folder)
+    if dry_run:
+        slurm_submit.dry_run(sub)
+        return None
+    slurm_submit.accepted_by_slurm(sub)  # sbatch --test-only, before anything is written
+    refuse_if_active(folder)
+    existed = folder.exists()
+    created = None
+    if launch.tracking_uri and run_id is None:
+        run_id = created = create_job_run(spec, "JOB", "SCHEDULED")
+    try:
+        written = launch_manifest.write(launch_manifest.with_run_ids(launch, {0: run_id}), folder)
+        job_id = slurm_submit.queue_script(sub, written.path, sbatch_args=sbatch_args)
+    except BaseException:
+        if created:
+            delete_runs(launch.tracking_uri, [created])
+        if not existed:
+            launch_manifest.discard(folder)
+        raise
+    if run_id:
+        tag_run(run_id, {"slurm.job_id": job_id})
+    if announce:
+        slurm_submit.print_submitted(sub, job_id, run_id)
+    return job_id

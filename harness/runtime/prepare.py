@@ -1,0 +1,53 @@
+"""A job's ``prepare_data`` (a simulation, a download into a cache), once per launch, before any
+rank starts: ranks started together would otherwise all fill the same cache at once.
+
+``harness run``, local sweeps and local scaling call ``prepare_launch`` in the launching
+process; a batch script runs ``python -m harness.runtime.prepare --manifest FILE`` on its first
+node before the job step (an array task prepares its own point).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+from harness.errors import exit_code_of
+from harness.spec.jobs import resolve_job
+from harness.spec.manifest import Manifest, Point
+from slurm.environment import SlurmEnvironment
+
+
+def prepare_points(points: Iterable[Point]) -> int:
+    """Each distinct data section once; how many ``prepare_data`` calls that took."""
+    done = []
+    for point in points:
+        job = resolve_job(point.spec.job, Path(point.spec.spec_path).parent)
+        if hasattr(job, "prepare_data") and point.spec.data not in done:
+            started = time.monotonic()
+            job.prepare_data(point.spec.data)
+            done.append(point.spec.data)
+            print(f"prepare: {point.spec.name} data ready in {time.monotonic() - started:.1f} s",
+                  flush=True)
+    return len(done)
+
+
+def prepare_launch(launch: Manifest, index: int | None = None) -> int:
+    """Every point of the launch, or only point ``index`` (an array task's own)."""
+    return prepare_points(launch.points if index is None else [launch.point(index)])
+
+
+def main(argv=None) -> int:
+    from harness.spec import manifest as launch_manifest
+    parser = argparse.ArgumentParser(prog="harness.runtime.prepare")
+    parser.add_argument("--manifest", required=True)
+    args = parser.parse_args(argv)
+    launch = launch_manifest.read(Path(args.manifest))
+    task = SlurmEnvironment.from_env().array_task_id
+    prepare_launch(launch, int(task) if task and task.isdigit() else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code_of(main))
