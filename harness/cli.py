@@ -308,13 +308,12 @@ def cmd_tracking(args) -> int:
     if args.action == "serve":
         from tracking.server import serve
         return serve(args.backend, args.host, args.port, args.artifacts, args.auth, args.aliases)
-    from tracking.mlflow_tracker import MlflowClient, import_fallback
-    from tracking.run import tracking_uri
+    from tracking.runs import import_fallback_file
     path = Path(args.file)
     if not path.is_file():
         raise UserError(f"{path}: fallback file not found")
-    sent = import_fallback(path, MlflowClient(tracking_uri()))
-    print(f"imported {sent} metric values into {tracking_uri()}")
+    sent, uri = import_fallback_file(path)
+    print(f"imported {sent} metric values into {uri}")
     return 0
 
 

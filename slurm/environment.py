@@ -18,6 +18,12 @@ def _int(env: Mapping[str, str], key: str) -> Optional[int]:
     return int(value) if value not in (None, "") and value.isdigit() else None
 
 
+def _first_count(value: Optional[str]) -> Optional[int]:
+    """SLURM's compressed counts: "2(x3)" or "2,1" -> 2 (the first node's)."""
+    head = (value or "").split("(")[0].split(",")[0]
+    return int(head) if head.isdigit() else None
+
+
 @dataclass(frozen=True)
 class SlurmEnvironment:
     job_id: Optional[str] = None
@@ -28,6 +34,7 @@ class SlurmEnvironment:
     array_job_id: Optional[str] = None
     array_task_id: Optional[str] = None
     restart_count: int = 0
+    tasks_per_node: Optional[int] = None  # this node's tasks ("2(x3)" and "2,1" read as 2)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "SlurmEnvironment":
@@ -40,6 +47,8 @@ class SlurmEnvironment:
             array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
             array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
             restart_count=_int(env, "SLURM_RESTART_COUNT") or 0,
+            tasks_per_node=_first_count(env.get("SLURM_NTASKS_PER_NODE")
+                                        or env.get("SLURM_STEP_TASKS_PER_NODE")),
         )
 
     @property

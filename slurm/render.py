@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 
 import jinja2
 
-from harness.engines import TF, venv_python
+from harness.engines import info as engine_info, venv_python
 from harness.entrypoints import prepare_command, worker_command
 from harness.spec.schema import JobSpec
 from slurm import options as extra_options
@@ -25,15 +25,9 @@ from slurm import preemption
 from slurm.cluster import Cluster, Partition, check_fit
 
 COMMENT = "lars-harness"  # marks the harness's jobs for `harness status`
-HOROVOD_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
-               "HOROVOD_GLOO_TIMEOUT_SECONDS": "120"}
 # --unbuffered: rank 0's epoch lines reach the log as they happen (tail -f works).
 LAUNCHERS = {"srun-pmix": ["srun", "--mpi=pmix", "--unbuffered"],
              "srun-pmi2": ["srun", "--mpi=pmi2", "--unbuffered"]}
-# The tf engine joins its workers over gRPC (SlurmClusterResolver reads srun's variables): no
-# MPI plugin; --kill-on-bad-exit stops every worker when one fails, instead of leaving them
-# blocked in a collective with a dead peer.
-TF_LAUNCHER = ["srun", "--mpi=none", "--unbuffered", "--kill-on-bad-exit=1"]
 
 
 @dataclass(frozen=True)
@@ -83,9 +77,10 @@ def launch_command(spec: JobSpec, launch: str, cpus_per_task: str) -> list[str]:
     """srun (one task per GPU, the profile's MPI plugin) or mpirun, for every process."""
     r = spec.resources
     tasks = r.nodes * r.gpus_per_node
-    if spec.training.engine == TF:  # srun always: the profile's MPI launch is Horovod's
-        return TF_LAUNCHER + [f"--ntasks={tasks}", f"--ntasks-per-node={r.gpus_per_node}",
-                              f"--cpus-per-task={cpus_per_task}"]
+    own = engine_info(spec.training.engine).srun
+    if own:  # an engine that does not join over MPI: its own srun line, whatever the profile says
+        return list(own) + [f"--ntasks={tasks}", f"--ntasks-per-node={r.gpus_per_node}",
+                            f"--cpus-per-task={cpus_per_task}"]
     if launch == "mpirun":
         # Horovod's MPI guide: no binding (a rank's threads use its cores), ranks fill the
         # allocation's slots (ntasks-per-node per node) in order.
@@ -128,7 +123,7 @@ def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
         env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": options["cpus-per-task"],
              "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
              preemption.MAX_REQUEUES_ENV: str(part.max_requeues), **cpu_partition_env(part)},
-        nccl=part.nccl or {}, horovod=HOROVOD_ENV if spec.training.engine != TF else {},
+        nccl=part.nccl or {}, horovod=engine_info(spec.training.engine).batch_env,
         tracking={"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {},
         tasks=spec.resources.nodes * spec.resources.gpus_per_node, nodes=spec.resources.nodes,
         per_node=spec.resources.gpus_per_node,

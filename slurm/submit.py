@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from slurm.cluster import Cluster, Partition, check_fit
-from harness.engines import HOROVOD, TF, venv_python
+from harness import engines
+from harness.engines import DEFAULT as DEFAULT_ENGINE
 from harness.errors import UserError
 from harness.files import REPO, atomic_write_text
 from slurm.preemption import LEAD_S as SIGNAL_LEAD_S
@@ -81,35 +82,17 @@ def check_tracking_uri(spec: JobSpec, uri: str) -> None:
             "and export MLFLOW_TRACKING_URI=http://HEAD-NODE:5000")
 
 
-def horovod_has_mpi() -> bool:
-    """Whether the job's Horovod (TensorFlow extension) was linked against MPI.
-
-    `horovodrun --check-build` answers the same but imports every framework
-    (20 s here); the extension's dynamic-library list is read in milliseconds.
-    """
-    try:
-        import horovod
-    except ImportError:
-        raise UserError("horovod: not installed in this environment; run make setup") from None
-    libs = list((Path(horovod.__file__).parent / "tensorflow").glob("mpi_lib*.so"))
-    if not libs:
-        raise UserError("horovod: built without TensorFlow support; run make setup") from None
-    return b"libmpi.so" in libs[0].read_bytes()
-
-
-def check_launch(part: Partition, engine: str = HOROVOD) -> None:
-    """Every launch method (srun --mpi=pmix/pmi2, mpirun) joins Horovod's ranks through MPI: a
-    Gloo-only Horovod started by srun gives N separate jobs of size 1.  The tf engine needs no
-    MPI, only its own environment in the checkout the job runs from."""
-    if engine == TF:
-        python = Path(venv_python(TF, REPO))
-        if not python.exists():
-            raise UserError(f"training.engine=tf: {python} not found; create the tf engine's "
-                            "environment with `make setup ENGINE=tf` (on a shared filesystem)")
-        return
-    if not horovod_has_mpi():
+def check_launch(part: Partition, engine: str = DEFAULT_ENGINE) -> None:
+    """The job's engine has its environment in the checkout the job runs from; an engine that
+    joins its ranks through MPI (srun --mpi=pmix/pmi2, mpirun) is built with MPI."""
+    e = engines.info(engine)
+    python = Path(engines.venv_python(engine, REPO))
+    if not python.exists():
+        raise UserError(f"training.engine={engine}: {python} not found; create the engine's "
+                        f"environment with `{e.setup}` (on a shared filesystem)")
+    if e.joins_over_mpi and not engines.mpi_linked(engine):
         raise UserError(
-            f"launch={part.launch}: the partition starts ranks through MPI, but this Horovod is "
+            f"launch={part.launch}: the partition starts ranks through MPI, but this {engine} is "
             "built without MPI (horovodrun --check-build shows [ ] MPI); rebuild it with "
             "HOROVOD_WITH_MPI=1 (make setup does, when mpicc is installed)")
 

@@ -112,3 +112,85 @@ def test_the_check_catches_upward_and_sideways_imports(tmp_path):
 def test_every_package_folder_is_a_package(folder):
     for sub in [p for p in (REPO / folder).rglob("*") if p.is_dir() and any(p.glob("*.py"))]:
         assert (sub / "__init__.py").is_file(), f"{sub} holds modules but no __init__.py"
+
+
+# --------------------------------------------------------------------------- one path to MLflow
+
+MLFLOW_OWNERS = ("tracking",)  # every MLflow call lives here (tracking/tracker.py, tracking/runs.py)
+CLIENT_MODULES = ("mlflow", "tracking.mlflow_tracker")  # the client itself, and its raw wrapper
+
+
+def mlflow_imports(root: Path = REPO) -> list[str]:
+    """Modules outside tracking/ that import MLflow or its client: each is a second path."""
+    found = []
+    for folder in ("harness", "slurm", "jobs"):
+        for path in sorted((root / folder).rglob("*.py")):
+            module = module_name(path, root)
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    if any(name == c or name.startswith(c + ".") for c in CLIENT_MODULES):
+                        found.append(f"{module} imports {name}")
+    return found
+
+
+def test_every_mlflow_write_goes_through_tracking():
+    assert mlflow_imports() == []
+
+
+def test_the_mlflow_check_catches_a_client_in_a_function(tmp_path):
+    for name, text in {
+        "harness/sweep/runs.py": "def f():\n    from mlflow.entities import Param\n",
+        "slurm/status.py": "def g():\n    from tracking.mlflow_tracker import MlflowClient\n",
+        "harness/cli.py": "from tracking.runs import RunStore\nimport mlflow\n",
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert sorted(mlflow_imports(tmp_path)) == [
+        "harness.cli imports mlflow", "harness.sweep.runs imports mlflow.entities",
+        "slurm.status imports tracking.mlflow_tracker"]
+
+
+# --------------------------------------------------------------------------- engines own theirs
+
+ENGINE_OWNERS = {"harness.engines", "harness.runtime.hvd_engine", "harness.runtime.tf_engine"}
+
+
+def engine_branches(root: Path = REPO) -> list[str]:
+    """Comparisons against an engine's name outside the registry and the engines' own modules:
+    each is a place a new engine would have to be added by hand."""
+    from harness.engines import ENGINES
+    names = set(ENGINES)
+
+    def is_engine_name(node) -> bool:
+        if isinstance(node, ast.Constant) and node.value in names:
+            return True
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(is_engine_name(e) for e in node.elts)
+        return False
+
+    found = []
+    for folder in ("harness", "slurm", "tracking"):
+        for path in sorted((root / folder).rglob("*.py")):
+            module = module_name(path, root)
+            if module in ENGINE_OWNERS:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Compare) and any(
+                        is_engine_name(n) for n in [node.left, *node.comparators]):
+                    found.append(f"{module}:{node.lineno} compares with an engine's name")
+    return found
+
+
+def test_no_module_branches_on_an_engines_name():
+    assert engine_branches() == []
+
+
+def test_the_engine_check_catches_a_branch(tmp_path):
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "render.py").write_text(
+        "def f(spec):\n    if spec.engine == 'tf':\n        return 1\n"
+        "    return spec.engine in ('horovod', 'other')\n")
+    assert engine_branches(tmp_path) == ["slurm.render:2 compares with an engine's name",
+                                         "slurm.render:4 compares with an engine's name"]

@@ -204,7 +204,7 @@ def test_local_sweep_makes_a_parent_run_with_two_children(workdir):
     children = client.search_runs([exp.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["scale.processes"] for c in children) == ["1", "2"]
-    assert all(c.data.tags["sweep.id"] == parent.data.tags["sweep.id"] for c in children)
+    assert all(c.data.tags["scale.id"] == parent.data.tags["scale.id"] for c in children)
     two = next(c for c in children if c.data.tags["scale.processes"] == "2")
     assert two.data.metrics["comm/busbw_GBps"] > 0 and two.data.metrics["comm/gradient_bytes"] > 0
     assert two.data.params["processes"] == "2"

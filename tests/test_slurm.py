@@ -25,11 +25,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 DIABETES = REPO / "jobs" / "diabetes_mlp.yaml"
 
 
-def _submit(slurm, workdir, pima_csv, uri, experiment, *extra, cluster_env=True):
+def _submit(slurm, workdir, pima_csv, uri, experiment, *extra, cluster_env=True, hold=None,
+            verb="submit"):
+    """``harness submit`` of the diabetes job on the dev cluster.  ``hold``: the epoch after which
+    the job waits for the test's signal (tests/… never race a job to its end)."""
     env = dict(slurm.env, MLFLOW_TRACKING_URI=uri) if uri else dict(slurm.env)
     if not cluster_env:
         env.pop("HARNESS_CLUSTER")
-    return run_cli("submit", DIABETES, "--partition", "debug", "--gpus-per-node", "2",
+    if hold is not None:
+        env["HARNESS_HOLD_AFTER_EPOCH"] = str(hold)
+    return run_cli(verb, DIABETES, "--partition", "debug", "--gpus-per-node", "2",
                    "--set", f"data.csv={pima_csv}", "--set", f"tracking.experiment={experiment}",
                    *extra, cwd=workdir, env=env, timeout=120)
 
@@ -67,13 +72,17 @@ def _steps(client, run_id, key="loss") -> list:
 
 def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pima_csv, mlflow_server,
                                                               engine):
-    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, f"slurm-complete-{engine}",
-                   "--set", "training.epochs=4", *on_engine(engine))
+    args = (slurm, workdir, pima_csv, mlflow_server.url, f"slurm-complete-{engine}",
+            "--set", "training.epochs=4", *on_engine(engine))
+    rendered = _submit(*args, verb="render")  # what a user reviews first
+    assert rendered.returncode == 0, rendered.stderr
+    done = _submit(*args)
     job_id = _job_id(done)
-    assert f"run tagged slurm.job_id={job_id}" in done.stdout
+    run_id = re.search(rf"run (\w+) tagged slurm.job_id={job_id}", done.stdout).group(1)
     script = workdir / "runs" / "diabetes_mlp" / "slurm" / f"diabetes_mlp-{job_id}.sbatch"
     launch = {"horovod": "srun --mpi=pmix", "tf": "srun --mpi=none"}[engine]
     assert script.is_file() and launch in script.read_text()
+    assert rendered.stdout == script.read_text()  # what render shows is what submit queued
 
     info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 240)
     log = _log(workdir, job_id)
@@ -81,6 +90,7 @@ def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pi
     assert "2 process(es)" in log and "weights identical on all 2 ranks" in log
 
     client, run = _only_run(mlflow_server.url, f"slurm-complete-{engine}")
+    assert run.info.run_id == run_id  # created at submit, before the job started
     assert run.info.status == "FINISHED" and run.data.params["engine"] == engine
     assert run.data.tags["slurm.job_id"] == job_id and run.data.params["processes"] == "2"
     assert _steps(client, run.info.run_id) == [0, 1, 2, 3]
@@ -118,9 +128,9 @@ def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir,
     # after epoch 4 also exercises the checkpoint of an epoch boundary kept in memory.
     done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-preempt",
                    "--set", "training.epochs=10", "--set", "training.batch_size=2",
-                   "--set", "checkpoint.every_epochs=3")
+                   "--set", "checkpoint.every_epochs=3", hold=4)
     job_id = _job_id(done)
-    _wait_for_line(workdir, job_id, r"epoch +4/10")
+    _wait_for_line(workdir, job_id, r"hold: after epoch 4")  # the job waits for the signal
     slurm.cmd("scancel", "--signal=USR2", "--batch", job_id)  # what SLURM sends before preemption
 
     log = _requeued_once_then_completed(slurm, workdir, job_id)
@@ -129,7 +139,7 @@ def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir,
                         r"signal; checkpoint at epoch (\d+)", log)
     assert stopped, log
     interrupted, saved = int(stopped.group(1)), int(stopped.group(2))
-    assert saved >= 4 and interrupted == saved + 1  # no finished epoch lost
+    assert saved == 4 and interrupted == 5  # stopped in the next batch; no finished epoch lost
     assert f"resuming at epoch {saved + 1}" in log
     assert f"requeueing job {job_id}" in _log(workdir, job_id, "err")
 
@@ -148,15 +158,15 @@ def test_scancel_without_requeue_keeps_the_checkpoint_and_marks_the_run_killed(
         slurm, workdir, pima_csv, mlflow_server):
     done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-cancel",
                    "--set", "training.epochs=30", "--set", "training.batch_size=2",
-                   "--set", "checkpoint.every_epochs=1")
+                   "--set", "checkpoint.every_epochs=1", hold=2)
     job_id = _job_id(done)
-    _wait_for_line(workdir, job_id, r"epoch +2/30")
+    _wait_for_line(workdir, job_id, r"hold: after epoch 2")
     slurm.cmd("scancel", job_id)
     info = slurm.wait_state(job_id, {"CANCELLED", "COMPLETED", "FAILED"}, 120)
     assert info["JobState"] == "CANCELLED"
 
     pointer = json.loads((workdir / "runs" / "diabetes_mlp" / "checkpoints" / "latest.json").read_text())
-    assert pointer["epoch"] >= 2
+    assert pointer["epoch"] == 2
     # scancel sends SIGTERM: the ranks stopped together and the last finished epoch is on disk.
     stopped = re.search(r"SIGTERM: stopped during epoch (\d+) on every rank, ([\d.]+) s after",
                         _log(workdir, job_id))
@@ -280,9 +290,10 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
                    "--set", "training.epochs=8", "--set", "training.batch_size=2",
                    "--set", "checkpoint.every_epochs=100",  # only the stop itself checkpoints
                    "--set", f"tracking.experiment=slurm-real-preempt-{engine}", *on_engine(engine),
-                   cwd=workdir, env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url))
+                   cwd=workdir, env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url,
+                                         HARNESS_HOLD_AFTER_EPOCH="3"))
     job_id = _job_id(done)
-    _wait_for_line(workdir, job_id, r"epoch +3/8")
+    _wait_for_line(workdir, job_id, r"hold: after epoch 3")  # it waits there for SLURM
     (mine / "diabetes_mlp.yaml").write_text("name: broken\n")
     (mine / "diabetes_mlp.py").write_text("raise SystemExit('edited after submission')\n")
     urgent = slurm.cmd("sbatch", "--parsable", "--partition=urgent", f"--ntasks={os.cpu_count()}",
@@ -294,7 +305,7 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
                         r"the signal; checkpoint at epoch (\d+)", log)
     assert stopped, log
     interrupted, seconds, saved = int(stopped.group(1)), float(stopped.group(2)), int(stopped.group(3))
-    assert saved == interrupted - 1 >= 3 and seconds < 30  # within GraceTime, no finished epoch lost
+    assert saved == interrupted - 1 == 3 and seconds < 30  # within GraceTime, no finished epoch lost
     assert f"resuming at epoch {saved + 1}" in log
     assert f"note: {mine / 'diabetes_mlp.py'} changed" in log  # said, and the submitted copy ran
 
@@ -341,12 +352,15 @@ def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_sto
     for name in ("run1.csv", "run2.csv", "run3.csv"):
         shutil.copy(pima_csv, workdir / name)
     (workdir / "run4.csv").write_text("".join(pima_csv.read_text().splitlines(True)[:20]))
+    release = workdir / "release"  # every point holds after epoch 2 until this file appears
     started = time.monotonic()
     done = run_cli("sweep", DIABETES, "--grid", "data.csv=run1.csv,run2.csv,run3.csv,run4.csv",
                    "--partition", "debug", "--gpus-per-node", "1", "--max-parallel", "2",
                    "--set", "training.epochs=6", "--set", "training.batch_size=2",
                    "--set", "tracking.experiment=slurm-sweep", cwd=workdir,
-                   env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url), timeout=120)
+                   env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url,
+                            HARNESS_HOLD_AFTER_EPOCH="2", HARNESS_HOLD_RELEASE=str(release)),
+                   timeout=120)
     assert done.returncode == 0, done.stderr
     array, summary_job = re.search(r"submitted job array (\d+): 4 points, at most 2 at once; "
                                    r"summary job (\d+)", done.stdout).groups()
@@ -356,7 +370,7 @@ def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_sto
     sampler = threading.Thread(target=_max_running_tasks, args=(slurm, array, stop, running))
     sampler.start()
     try:
-        _wait_for_line(workdir, f"{array}_0", r"epoch +2/6")
+        _wait_for_line(workdir, f"{array}_0", r"hold: after epoch 2")
         # SLURM's warning.  SLURM 22.05 delivers it to an array task's batch shell, then answers
         # "Job can not be altered now, try again later" and scancel retries until killed: the
         # requeue below is the proof of delivery, not scancel's exit status.
@@ -365,6 +379,8 @@ def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_sto
                            env=dict(os.environ, **slurm.env), capture_output=True, timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        _wait_for_line(workdir, f"{array}_0", r"SIGUSR2: stopped during epoch 3")
+        release.touch()  # the other points go on
         log = _requeued_once_then_completed(slurm, workdir, f"{array}_0")
         slurm.wait_state(summary_job, {"COMPLETED", "FAILED", "CANCELLED"}, 300)
     finally:

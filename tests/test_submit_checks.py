@@ -7,14 +7,17 @@ from conftest import REPO
 
 
 def test_horovod_here_is_built_with_mpi_and_a_build_without_is_refused(monkeypatch):
+    from harness import engines
     from slurm import submit as submission
     from slurm.cluster import load_cluster
     from harness.errors import UserError
-    assert submission.horovod_has_mpi()  # the real extension: srun --mpi=pmix needs it
-    monkeypatch.setattr(submission, "horovod_has_mpi", lambda: False)
+    assert engines.mpi_linked("horovod")  # the real extension: srun --mpi=pmix needs it
     _, part = load_cluster("lars").partition("rtx2080ti")
+    submission.check_launch(part, "horovod")
+    monkeypatch.setattr(engines, "mpi_linked", lambda engine: False)
     with pytest.raises(UserError, match="built without MPI"):
-        submission.check_launch(part)
+        submission.check_launch(part, "horovod")
+    submission.check_launch(part, "tf")  # joins over gRPC: no MPI build needed
 
 
 def test_an_epoch_longer_than_the_allocation_is_refused(capsys):

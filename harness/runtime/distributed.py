@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.engines import DEFAULT as DEFAULT_ENGINE
 from harness.runtime.engine import Engine, load
 from slurm.environment import SlurmEnvironment
 
@@ -45,7 +46,7 @@ def _pin_device(local_rank: int) -> str:
     return "CPU"
 
 
-def init_process(seed: int, engine_name: str = "horovod") -> ProcessContext:
+def init_process(seed: int, engine_name: str = DEFAULT_ENGINE) -> ProcessContext:
     """Join the job, SLURM cross-check, device pinning and seeding, in that order."""
     import tensorflow as tf
 

@@ -46,12 +46,14 @@ class Engine(Protocol):
 
     # --- measurement
     def time_allreduce(self, nbytes: int, dtype: str) -> float: ...
+    def build_info(self) -> dict:
+        """How the engine was built (controllers, NCCL), for `harness probe`; {} if nothing."""
 
 
 def load(name: str) -> Engine:
-    """The engine of that name (imports its framework: call after the cheap checks)."""
-    if name == "tf":
-        from harness.runtime import tf_engine
-        return tf_engine.TfEngine()
-    from harness.runtime import hvd_engine
-    return hvd_engine.HorovodEngine()
+    """The engine of that name, from the registry (imports its framework: call after the cheap
+    checks)."""
+    import importlib
+    from harness.engines import info
+    module, cls = info(name).runtime.split(":")
+    return getattr(importlib.import_module(module), cls)()

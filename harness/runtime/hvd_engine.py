@@ -24,6 +24,10 @@ class HorovodEngine:
     name = "horovod"
     checkpoint_kind = "tf.train"
 
+    def build_info(self) -> dict:
+        return {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built()),
+                "controller": "mpi" if hvd.mpi_enabled() else "gloo"}
+
     def join(self, pin_device):
         hvd.init()
         device = pin_device(hvd.local_rank())

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from harness import engines
 from harness.engines import python_for
 from harness.entrypoints import worker_command
 from harness.spec.manifest import Manifest
@@ -98,12 +99,12 @@ def launch(manifest: Manifest, index: int = 0, extra_env: Optional[dict] = None)
 
 
 def run_processes(processes: int, worker: list[str], controller: str = "gloo",
-                  extra_env: Optional[dict] = None, engine: str = "horovod",
+                  extra_env: Optional[dict] = None, engine: str = engines.DEFAULT,
                   run: Optional[tuple] = None) -> int:
     """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted).
     ``run`` (run id, tracking URI): the MLflow run that is told which rank failed first."""
     env = dict(worker_env(), **(extra_env or {}))
-    if engine == "tf" and processes > 1:
+    if engines.info(engine).local_join == "tf_config" and processes > 1:
         return _watch_workers(worker, tf_worker_envs(processes, env), run)
     return _watch(launch_command(processes, worker, controller), env, run)
 

@@ -54,9 +54,7 @@ def cluster_resolver(slurm: SlurmEnvironment):
 def local_placement(slurm: SlurmEnvironment, rank: int, size: int) -> tuple[int, int]:
     """(local rank, processes on this node): SLURM's numbers, or all local for `harness run`."""
     if slurm.in_step:
-        per_node = os.environ.get("SLURM_NTASKS_PER_NODE") or os.environ.get(
-            "SLURM_STEP_TASKS_PER_NODE", "1")
-        return slurm.localid or 0, int(per_node.split("(")[0].split(",")[0])
+        return slurm.localid or 0, slurm.tasks_per_node or 1
     return rank, size
 
 
@@ -98,6 +96,9 @@ class EpochMetricAverage(keras.callbacks.Callback):
 class TfEngine:
     name = "tf"
     checkpoint_kind = "arrays"  # npz of get_weights(): read and written by rank 0 alone
+
+    def build_info(self) -> dict:
+        return {}
 
     def join(self, pin_device):
         slurm = SlurmEnvironment.from_env()

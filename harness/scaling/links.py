@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from harness.engines import ENGINES
 from harness.errors import UserError
 from harness.scaling.comm_model import Layout, Links
 
@@ -34,7 +35,7 @@ def from_probe(path: Path) -> dict:
     try:
         result = json.loads(Path(path).read_text())
         hosts = [n["host"] for n in result["nodes"]]
-        rows = sorted((r for r in result["sweep"] if r["backend"] in ("horovod", "tf")),
+        rows = sorted((r for r in result["sweep"] if r["backend"] in ENGINES),
                       key=lambda r: r["bytes"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"--probe {path}: not a `harness probe --out` result ({type(e).__name__}: "

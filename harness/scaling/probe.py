@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from harness.engines import DEFAULT as DEFAULT_ENGINE, ENGINES
 from harness.runtime.collectives import bus_bandwidth, time_allreduce
 
 DEFAULT_SIZES = [1024 * 4 ** k for k in range(10)]  # 1 KB .. 256 MB
@@ -69,12 +70,6 @@ def _row(backend: str, nbytes: int, n: int, seconds: float) -> dict:
     return row
 
 
-def horovod_build() -> dict:
-    import horovod.tensorflow as hvd
-    return {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built()),
-            "controller": "mpi" if hvd.mpi_enabled() else "gloo"}
-
-
 def inventory(ctx) -> dict:
     """This process's view: host, GPUs by NVML, versions, the Horovod build."""
     from harness.telemetry import nvml as nvml_session
@@ -89,7 +84,7 @@ def inventory(ctx) -> dict:
             errors.append(e)
     if errors:  # no driver here: the sweep still runs on the CPU
         gpus = [{"error": type(errors[0]).__name__}]
-    build = horovod_build() if ctx.engine.name == "horovod" else {}
+    build = ctx.engine.build_info()
     return {"host": socket.gethostname(), "rank": ctx.rank, "local_rank": ctx.local_rank,
             "gpus": gpus, "versions": versions(nvml_session.driver_versions()),
             "engine": ctx.engine.name, "horovod_build": build}
@@ -125,7 +120,7 @@ def _parse(argv):
     parser.add_argument("--sizes", default="", help="bytes, comma-separated (default 1 KB..256 MB)")
     parser.add_argument("--out", default="", help="write the results as JSON here (rank 0)")
     parser.add_argument("--mlflow", action="store_true", help="log to MLflow (experiment probe)")
-    parser.add_argument("--engine", default="horovod", choices=["horovod", "tf"])
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES))
     return parser.parse_args(argv)
 
 
@@ -136,7 +131,8 @@ def main(argv=None) -> int:
     ctx = init_process(seed=0, engine_name=args.engine)
     nodes = ctx.engine.allgather_object(inventory(ctx))
     rows = engine_sweep(ctx, sizes)
-    mpi_rows, mpi_note = mpi_sweep(sizes) if args.engine == "horovod" else ([], "tf engine: no MPI")
+    mpi_rows, mpi_note = (mpi_sweep(sizes) if ENGINES[args.engine].joins_over_mpi
+                          else ([], f"{args.engine} engine: no MPI"))
     if ctx.is_chief:
         result = {"nodes": nodes, "sweep": rows + mpi_rows, "mpi_note": mpi_note}
         print(format_report(nodes, rows + mpi_rows, mpi_note), flush=True)

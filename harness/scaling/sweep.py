@@ -2,7 +2,8 @@
 
 For every size N the job trains ``repeats`` + 1 epochs; the first is warm-up
 and each later epoch is one timing window (samples/s after its first step).
-Each size is a child run of one parent run for the sweep (tag ``sweep.id``).
+Each size is a child run of one parent run for the sweep (tag ``scale.id``; a hyperparameter
+sweep tags ``sweep.id``).
 The workers also time an allreduce of the model's gradient size, which the
 communication model (harness.scaling.comm_model) turns into a predicted efficiency.
 """
@@ -207,8 +208,8 @@ def scale_metrics(row) -> dict:
 
 
 def sweep(plan: SweepPlan) -> int:
-    from tracking.mlflow_tracker import MlflowClient
-    from tracking.run import check_reachable, create_run, start_run, tracking_uri
+    from tracking.run import check_reachable, start_run, tracking_uri
+    from tracking.runs import RunStore
     spec = load_spec(plan.spec_path, plan.overrides)
     layouts = size_layouts(plan, spec)  # a size that does not fit fails before anything runs
     if plan.predict:
@@ -217,15 +218,15 @@ def sweep(plan: SweepPlan) -> int:
     uri = tracking_uri()
     sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent = start_run(spec.experiment, f"scale {spec.name} N={plan.sizes}",
-                       {"sweep.id": sweep_id, "harness.kind": "scale-sweep"}, spec.spec_path)
+                       {"scale.id": sweep_id, "harness.kind": "scale-sweep"}, spec.spec_path)
     parent.log_params(sweep_params(plan, spec))
     print(f"scale: sweep {sweep_id}: sizes {plan.sizes}, {plan.repeats} timing windows each "
           f"after {WARMUP_EPOCHS} warm-up epoch; parent run {parent.run_id} at {uri}", flush=True)
     try:
-        client = MlflowClient(uri)  # reads the children's results back
-        children = {n: create_run(client, spec.experiment, f"{spec.name} N={n}",
-                                  {"sweep.id": sweep_id, "scale.processes": str(n)},
-                                  parent.run_id) for n in plan.sizes}
+        client = RunStore(uri)  # reads the children's results back
+        children = {n: client.create(spec.experiment, f"{spec.name} N={n}",
+                                     {"scale.id": sweep_id, "scale.processes": str(n)},
+                                     parent.run_id) for n in plan.sizes}
         run_sizes(plan, spec, sweep_id, parent.run_id, children, layouts)
         results = {n: collect(client, children[n], n) for n in plan.sizes}
         rows, predictions = rows_with_model(results, spec.training.batch_size, plan.one_step_s,

@@ -91,9 +91,10 @@ class TrainingSpec:
                  "use 0.1..1000 (percent)")
         _require(self.engine in ENGINES, "engine", self.engine, "use one of " + ", ".join(ENGINES))
         # MultiWorkerMirroredStrategy has no gradient compression to switch on.
-        _require(not (self.fp16_allreduce and self.engine != "horovod"), "fp16_allreduce",
-                 self.fp16_allreduce, "only the horovod engine compresses gradients; "
-                 "use false with training.engine=tf")
+        compressing = [name for name, e in ENGINES.items() if e.gradient_compression]
+        _require(not self.fp16_allreduce or self.engine in compressing, "fp16_allreduce",
+                 self.fp16_allreduce, f"only the {', '.join(compressing)} engine compresses "
+                 f"gradients; use false with training.engine={self.engine}")
 
 
 @dataclass(frozen=True)

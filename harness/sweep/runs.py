@@ -21,8 +21,8 @@ KIND = "hyperparameter-sweep"
 def open_runs(plan: Plan, where: str, extra_params: dict):
     """(parent tracker, {point index: child run id}); the parent holds spec, space, points, seed."""
     from tracking import store_template
-    from tracking.run import create_run, start_run, tracking_uri
-    from tracking.mlflow_tracker import MlflowClient
+    from tracking.run import start_run, tracking_uri
+    from tracking.runs import RunStore
     store_template.seed(tracking_uri())  # a new local store: a copy, not MLflow's migrations
     base = plan.base
     parent = start_run(base.experiment, f"sweep {base.name} ({len(plan.points)} points)",
@@ -39,31 +39,20 @@ def open_runs(plan: Plan, where: str, extra_params: dict):
                                            for p in plan.points], indent=1))
         parent.log_artifact(spec_file)
         parent.log_artifact(points_file)
-    client = MlflowClient(tracking_uri())
+    store = RunStore(tracking_uri())
     children = {}
     for p in plan.points:
         tags = {"sweep.id": plan.sweep_id, "sweep.point": str(p.index)}
         if where == "slurm":
             tags["slurm.array_task_id"] = str(p.index)
-        run_id = create_run(client, base.experiment, p.name, tags, parent.run_id)
-        client.log_batch(run_id, params=_params(varied_params(p)))
-        client.update_run(run_id, status="SCHEDULED")  # RUNNING once its task starts
-        children[p.index] = run_id
+        # SCHEDULED: RUNNING once its task starts.
+        children[p.index] = store.create(base.experiment, p.name, tags, parent.run_id,
+                                         varied_params(p), status="SCHEDULED")
     return parent, children
-
-
-def _params(values: dict) -> list:
-    from mlflow.entities import Param
-    return [Param(k, str(v)) for k, v in values.items()]
 
 
 def discard(parent, children: dict) -> None:
     """SLURM refused the array: the runs describe nothing that will happen."""
-    from tracking.mlflow_tracker import MlflowClient
-    client = MlflowClient(parent.uri)
+    from tracking.runs import RunStore
     parent.close()
-    for run_id in [parent.run_id, *children.values()]:
-        try:
-            client.delete_run(run_id)
-        except Exception:  # best effort: the refusal itself is what the user must see
-            pass
+    RunStore(parent.uri).delete_runs([parent.run_id, *children.values()])

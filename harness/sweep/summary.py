@@ -54,9 +54,9 @@ def read_record(points_file: Path) -> dict:
 
 
 def end_parent(points_file: Path, status: str) -> None:
-    from tracking.mlflow_tracker import MlflowClient
+    from tracking.runs import RunStore
     record = sweep_points.read(points_file)
-    MlflowClient(record["tracking_uri"]).set_terminated(record["parent_run_id"], status)
+    RunStore(record["tracking_uri"]).set_terminated(record["parent_run_id"], status)
 
 
 def slurm_states(record: dict) -> dict[int, str]:
@@ -69,9 +69,9 @@ def slurm_states(record: dict) -> dict[int, str]:
 
 def summarize(sweep: str, final: Optional[bool] = None) -> int:
     """Collect, write and log the results; ``final`` None: end the parent once every point has."""
-    from tracking.mlflow_tracker import MlflowClient
+    from tracking.runs import RunStore
     record = read_record(find_points_file(sweep))
-    client = MlflowClient(record["tracking_uri"])
+    client = RunStore(record["tracking_uri"])
     tasks = slurm_states(record)
     rows = [point_row(client, record, p, tasks.get(p["index"])) for p in record["points"]]
     best = best_row(rows)
@@ -209,21 +209,15 @@ def log_results(client, record: dict, rows: list, best: Optional[dict], lines: l
         page.write_text(sweep_report.html_page(title, lines, table_rows, cols, images,
                                                best["point"] if best else None))
         for path in [csv_path, page, *images]:
-            client.log_artifact(parent, str(path), "sweep")
+            client.log_artifact(parent, path, "sweep")
     mark_best(client, record, rows, best)
     finished = sum(r["status"] == "FINISHED" for r in rows)
-    client.log_batch(parent, metrics=_metrics({
+    client.log_metrics(parent, {
         "sweep/points_finished": finished,
         "sweep/points_failed": sum(r["status"] in ("FAILED", "KILLED") for r in rows),
-        **({f"sweep/{OBJECTIVE}": best[OBJECTIVE]} if best else {})}))
+        **({f"sweep/{OBJECTIVE}": best[OBJECTIVE]} if best else {})})
     client.set_tag(parent, "sweep.summary", " | ".join(lines)[:5000])
     client.set_tag(parent, "sweep.summarized_at", time.strftime("%Y-%m-%d %H:%M:%S"))
-
-
-def _metrics(values: dict) -> list:
-    from mlflow.entities import Metric
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
 def _spans_decades(rows: list, key: str) -> bool:
