@@ -283,3 +283,31 @@ def test_report_without_a_database_says_so_and_creates_none(workdir):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "run '0123456789abcdef': not found: no tracking database" in done.stderr
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_resume_reads_each_curves_last_step_without_any_history(tmp_path):
+    """A week of telemetry (here 10^5 points) must not be fetched to learn where each curve
+    stopped: the resume makes one read of the run, whatever the run holds."""
+    from mlflow.entities import Metric
+    from tracking.mlflow_tracker import last_logged_steps
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    now = int(time.time() * 1000)
+    for start in range(0, 100_000, 1000):  # 10 telemetry keys x 10^4 seconds, and 7 epochs
+        client.log_batch(run_id, metrics=[Metric(f"system/n/gpu_0_m{k}", 1.0, now, step)
+                                          for step in range(start // 10, start // 10 + 100)
+                                          for k in range(10)])
+    client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (e + 1), now, e) for e in range(7)])
+
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(client, name)
+
+    started = time.perf_counter()
+    last = last_logged_steps(Counting(), run_id)
+    print(f"last steps of a run with 10^5 telemetry points: {time.perf_counter() - started:.3f} s")
+    assert calls == ["get_run"]
+    assert last["loss"] == 6 and last["system/n/gpu_0_m3"] == 9_999 and len(last) == 11

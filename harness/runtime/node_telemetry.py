@@ -58,7 +58,7 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
         if node is not None:
             node.close()  # flush this node's samples; rank 0 owns the run's status
         totals = {(sampler.host, g.index): g.memory_total_mb for g in sampler.gpus}
-        summaries, _ = telemetry_summary.summarize(sampler.history, totals)
+        summaries = sampler.summary.summaries(totals)
         mine = {"host": sampler.host, "gpus": sampler.inventory(), "summaries": summaries}
     nodes = [n for n in ctx.engine.allgather_object(mine) if n]
     if not ctx.is_chief or not nodes:
@@ -70,7 +70,7 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
             for n in nodes for g in n["gpus"]]
     tracker.set_tags({"telemetry.gpus": "; ".join(gpus) or "none found",
                       "telemetry.flags": " | ".join(advice) or "none"})
-    return report_lines(nodes, summaries, advice), (sampler.history if sampler else [])
+    return report_lines(nodes, summaries, advice), (sampler.timeline.items if sampler else [])
 
 
 def report_lines(nodes, summaries, advice) -> list[str]:

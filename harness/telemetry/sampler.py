@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from harness.telemetry import nvml as nvml_session
+from harness.telemetry import summary as telemetry_summary
 from harness.telemetry.nvml import MB, as_text, safe_read
 
 # Fast readings every tick; slow ones (PCIe throughput blocks ~20 ms, process lists) every SLOW_EVERY ticks.
 SLOW_EVERY = 5
+TIMELINE_POINTS = 2000  # ticks kept for the timeline plot, spread evenly over the whole job
 FAST_METRICS = ("utilization_percentage", "memory_utilization_percentage", "memory_usage_megabytes",
                 "power_usage_watts", "temperature_celsius", "sm_clock_mhz", "memory_clock_mhz",
                 "clock_event_reasons", "energy_joules")
@@ -88,7 +90,10 @@ class Sampler:
         self.psutil = psutil_module
         self.nvml = None
         self.gpus: list[GpuInfo] = []
-        self.history: list[tuple[float, dict]] = []  # (time, metrics) per tick, for the summary
+        # Bounded, whatever the job's length: running figures for the summary, and at most
+        # TIMELINE_POINTS ticks spread over the job for the timeline plot.
+        self.summary = telemetry_summary.RunningSummary()
+        self.timeline = telemetry_summary.Thinned(TIMELINE_POINTS)
         self.ticks = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -159,7 +164,8 @@ class Sampler:
             if not gpu.lost:
                 metrics.update(self._gpu_metrics(gpu, dt, slow))
         self.ticks += 1
-        self.history.append((now, metrics))
+        self.summary.add(now, metrics)
+        self.timeline.add((now, metrics))
         try:
             self.sink(metrics, now)
         except Exception as e:

@@ -1,7 +1,8 @@
 """What the telemetry says at the end of a run: per-GPU figures and flags a physicist can act on.
 
-Pure arithmetic on recorded samples (``Sampler.history`` of every node), so it
-is tested on made-up series and needs neither NVML nor TensorFlow.
+Pure arithmetic on samples, kept as running aggregates while the sampler runs (a week-long
+job must not hold every tick in memory), so it is tested on made-up series and needs neither
+NVML nor TensorFlow.
 """
 from __future__ import annotations
 
@@ -21,58 +22,130 @@ THROTTLE_REASONS = {0x4: "power cap", 0x8: "hardware slowdown", 0x20: "thermal (
 _GPU_KEY = re.compile(r"^system/(?P<host>[^/]+)/gpu_(?P<index>\d+)_(?P<metric>.+)$")
 
 
-def gpu_series(history: Sequence[tuple[float, dict]]) -> dict:
-    """{(host, index): {metric: (times, values)}} from a sampler history."""
-    series: dict = {}
-    for t, metrics in history:
+class Thinned:
+    """At most ``limit`` items spread evenly over everything added, in bounded memory: when full,
+    every other item is dropped and from then on only every 2^k-th new one is kept."""
+
+    def __init__(self, limit: int):
+        self.limit, self.items, self.stride, self.seen = limit, [], 1, 0
+
+    def add(self, item) -> None:
+        if self.seen % self.stride == 0:
+            self.items.append(item)
+            if len(self.items) >= self.limit:
+                self.items, self.stride = self.items[::2], self.stride * 2
+        self.seen += 1
+
+
+PERCENTILE_SAMPLES = 4096  # utilisation values kept for the p95: exact below, thinned above
+
+
+class _Series:
+    """One metric of one GPU: each sample weighs the time until the next one (the last one the
+    mean gap), as a sampler that slowed down or stalled must not count its samples alike."""
+
+    def __init__(self, on_sample):
+        self.on_sample, self.last, self.first_t, self.count = on_sample, None, None, 0
+
+    def add(self, t: float, value: float) -> None:
+        if self.last is not None:
+            self.on_sample(self.last[1], t - self.last[0])
+        else:
+            self.first_t = t
+        self.last, self.count = (t, value), self.count + 1
+
+    def close(self) -> None:
+        if self.last is not None:
+            span = self.last[0] - self.first_t
+            self.on_sample(self.last[1], span / (self.count - 1) if self.count > 1 else 1.0)
+            self.last = None
+
+
+class GpuFigures:
+    """Running aggregates of one GPU's samples: the figures the run reports, in O(1) memory
+    (a week at 1 s is 600,000 samples per metric; the sampler keeps none of them)."""
+
+    def __init__(self):
+        self.util_sum = self.util_weight = self.idle_weight = 0.0
+        self.util_values = Thinned(PERCENTILE_SAMPLES)
+        self.memory_peak = None
+        self.power_sum = self.power_weight = 0.0
+        self.energy_last = None
+        self.reasons_weight = self.reasons_any = 0.0
+        self.reasons_by_bit = {bit: 0.0 for bit in THROTTLE_REASONS}
+        self.series = {"utilization_percentage": _Series(self._utilization),
+                       "power_usage_watts": _Series(self._power),
+                       "clock_event_reasons": _Series(self._reasons)}
+
+    def add(self, metric: str, t: float, value: float) -> None:
+        if metric in self.series:
+            self.series[metric].add(t, value)
+        elif metric == "memory_usage_megabytes":
+            self.memory_peak = value if self.memory_peak is None else max(self.memory_peak, value)
+        elif metric == "energy_joules":
+            self.energy_last = value
+
+    def _utilization(self, value: float, weight: float) -> None:
+        self.util_sum += value * weight
+        self.util_weight += weight
+        self.idle_weight += weight if value < IDLE_BELOW_PERCENT else 0.0
+        self.util_values.add(value)
+
+    def _power(self, value: float, weight: float) -> None:
+        self.power_sum += value * weight
+        self.power_weight += weight
+
+    def _reasons(self, value: float, weight: float) -> None:
+        self.reasons_weight += weight
+        for bit in THROTTLE_REASONS:
+            if int(value) & bit:
+                self.reasons_by_bit[bit] += weight
+        if int(value) & sum(THROTTLE_REASONS):
+            self.reasons_any += weight
+
+    def figures(self, memory_total_mb: float) -> dict:
+        for series in self.series.values():
+            series.close()
+        out = {}
+        if self.util_weight:
+            out["utilization_mean_percentage"] = self.util_sum / self.util_weight
+            out["utilization_p95_percentage"] = float(np.percentile(self.util_values.items, 95))
+            out["idle_fraction"] = self.idle_weight / self.util_weight
+            out["gpu_hours"] = self.util_weight / 3600.0
+        if self.memory_peak is not None:
+            out["memory_peak_megabytes"] = float(self.memory_peak)
+            if memory_total_mb:
+                out["memory_peak_fraction"] = out["memory_peak_megabytes"] / memory_total_mb
+        if self.power_weight:
+            out["power_mean_watts"] = self.power_sum / self.power_weight
+        if self.energy_last is not None:
+            out["energy_wh"] = float(self.energy_last / 3600.0)
+        if self.reasons_weight:
+            for bit, label in THROTTLE_REASONS.items():
+                if self.reasons_by_bit[bit]:
+                    out[f"throttled_s/{label}"] = self.reasons_by_bit[bit]
+            out["throttled_fraction"] = self.reasons_any / self.reasons_weight
+        return out
+
+
+class RunningSummary:
+    """Every GPU's running figures, fed one tick at a time by the sampler."""
+
+    def __init__(self):
+        self.gpus: dict = {}  # (host, index) -> GpuFigures
+
+    def add(self, t: float, metrics: dict) -> None:
         for key, value in metrics.items():
             m = _GPU_KEY.match(key)
             if m:
-                per = series.setdefault((m["host"], int(m["index"])), {})
-                per.setdefault(m["metric"], ([], []))
-                per[m["metric"]][0].append(t)
-                per[m["metric"]][1].append(value)
-    return series
+                gpu = (m["host"], int(m["index"]))
+                if gpu not in self.gpus:
+                    self.gpus[gpu] = GpuFigures()
+                self.gpus[gpu].add(m["metric"], t, value)
 
-
-def _durations(times: list) -> np.ndarray:
-    """Seconds each sample stands for: the gap to the next one (the last repeats the median)."""
-    t = np.asarray(times, dtype=float)
-    if len(t) < 2:
-        return np.ones_like(t)
-    gaps = np.diff(t)
-    return np.append(gaps, np.median(gaps))
-
-
-def summarize_gpu(per: dict, memory_total_mb: float) -> dict:
-    out = {}
-    if "utilization_percentage" in per:
-        times, util = per["utilization_percentage"]
-        util, weights = np.asarray(util, float), _durations(times)
-        out["utilization_mean_percentage"] = float(np.average(util, weights=weights))
-        out["utilization_p95_percentage"] = float(np.percentile(util, 95))
-        out["idle_fraction"] = float(weights[util < IDLE_BELOW_PERCENT].sum() / weights.sum())
-        out["gpu_hours"] = float(weights.sum() / 3600.0)
-    if "memory_usage_megabytes" in per:
-        out["memory_peak_megabytes"] = float(max(per["memory_usage_megabytes"][1]))
-        if memory_total_mb:
-            out["memory_peak_fraction"] = out["memory_peak_megabytes"] / memory_total_mb
-    if "power_usage_watts" in per:
-        times, power = per["power_usage_watts"]
-        out["power_mean_watts"] = float(np.average(power, weights=_durations(times)))
-    if "energy_joules" in per:
-        out["energy_wh"] = float(per["energy_joules"][1][-1] / 3600.0)
-    if "clock_event_reasons" in per:
-        times, reasons = per["clock_event_reasons"]
-        weights = _durations(times)
-        for bit, label in THROTTLE_REASONS.items():
-            hit = np.array([int(r) & bit != 0 for r in reasons])
-            if hit.any():
-                out[f"throttled_s/{label}"] = float(weights[hit].sum())
-        total = weights.sum()
-        any_hit = np.array([int(r) & sum(THROTTLE_REASONS) != 0 for r in reasons])
-        out["throttled_fraction"] = float(weights[any_hit].sum() / total) if total else 0.0
-    return out
+    def summaries(self, memory_totals: dict) -> dict:
+        return {gpu: figures.figures(memory_totals.get(gpu, 0.0))
+                for gpu, figures in self.gpus.items()}
 
 
 def flags(summaries: dict) -> list[str]:
@@ -101,9 +174,12 @@ def flags(summaries: dict) -> list[str]:
 
 
 def summarize(history: Sequence[tuple[float, dict]], memory_totals: dict) -> tuple[dict, list[str]]:
-    """Per-GPU summaries and the flags; ``memory_totals`` is {(host, index): MB (10^6 bytes)}."""
-    summaries = {key: summarize_gpu(per, memory_totals.get(key, 0.0))
-                 for key, per in gpu_series(history).items()}
+    """Per-GPU summaries and the flags of recorded ticks; ``memory_totals`` is
+    {(host, index): MB (10^6 bytes)}."""
+    running = RunningSummary()
+    for t, metrics in history:
+        running.add(t, metrics)
+    summaries = running.summaries(memory_totals)
     return summaries, flags(summaries)
 
 
