@@ -10,6 +10,7 @@ from typing import Optional
 
 WORKER = "harness.runtime.worker"
 PREPARE = "harness.runtime.prepare"
+FAILURE = "harness.runtime.failure"
 PROBE = "harness.scaling.probe"
 
 
@@ -24,3 +25,9 @@ def prepare_command(python: str, manifest: str) -> list[str]:
     """``python -m harness.runtime.prepare --manifest FILE``: the job's data, once, before the
     ranks start (a batch script runs it ahead of the step)."""
     return [python, "-m", PREPARE, "--manifest", manifest]
+
+
+def failure_command(python: str, manifest: str) -> list[str]:
+    """``python -m harness.runtime.failure --manifest FILE``: after a failed step, the run names
+    the rank that died first (srun's report), as ``harness run`` does locally."""
+    return [python, "-m", FAILURE, "--manifest", manifest]

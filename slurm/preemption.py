@@ -36,7 +36,9 @@ MAX_REQUEUES_ENV = "HARNESS_MAX_REQUEUES"  # the partition's cap, exported by th
 DEFAULT_MAX_REQUEUES = 5
 
 # The batch script's end: SLURM signals the batch shell (B:), which passes the signal on to the
-# step and waits until the step has really ended; on EXIT_REQUEUE it requeues the job.
+# step and waits until the step has really ended; on EXIT_REQUEUE it requeues the job; a step
+# that failed otherwise is reported by REPORT_FAILURE (the rank that died first, srun's word).
+REPORT_FAILURE = "@REPORT_FAILURE@"
 REQUEUE_TAIL = f"""\
 # SLURM warns this shell (B:) before preemption or the time limit: pass it on to the step,
 # whose ranks stop after the same batch, checkpoint and exit with {EXIT_REQUEUE}.  Once only: a
@@ -57,8 +59,16 @@ if [[ $status == {EXIT_REQUEUE} ]] || {{ [[ $status == {EXIT_TERMINATED} ]] && p
     echo "harness: preempted; checkpoint written; requeueing job $SLURM_JOB_ID" >&2
     scontrol requeue "$SLURM_JOB_ID" && exit 0
 fi
+# A failed step (not a clean stop on a signal): the run names the rank that died first, its host
+# and how.
+case $status in 0|{EXIT_REQUEUE}|{EXIT_TERMINATED}) ;; *) {REPORT_FAILURE} || true ;; esac
 exit "$status"
 """
+
+
+def requeue_tail(report_failure: str) -> str:
+    """The tail with the command that reports a failed step (already shell-quoted)."""
+    return REQUEUE_TAIL.replace(REPORT_FAILURE, report_failure or ":")
 
 
 def sbatch_signal() -> str:

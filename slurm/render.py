@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Sequence
 import jinja2
 
 from harness.engines import info as engine_info, venv_python
-from harness.entrypoints import prepare_command, worker_command
+from harness.entrypoints import failure_command, prepare_command, worker_command
 from harness.spec.schema import JobSpec
 from slurm import options as extra_options
 from slurm import preemption
@@ -129,7 +129,8 @@ def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
         per_node=spec.resources.gpus_per_node,
         launch=launch_command(spec, part.launch, options["cpus-per-task"])
         + worker_command(python, str(manifest)),
-        requeue_tail=preemption.REQUEUE_TAIL)
+        requeue_tail=preemption.requeue_tail(
+            " ".join(map(shlex.quote, failure_command(python, str(manifest))))))
 
 
 def cpu_partition_env(part: Partition) -> dict:

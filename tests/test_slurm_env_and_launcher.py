@@ -110,3 +110,24 @@ def test_requeue_cap_comes_from_the_profile_through_the_script():
     from slurm import preemption
     assert preemption.requeue_cap({}) == preemption.DEFAULT_MAX_REQUEUES
     assert preemption.requeue_cap({preemption.MAX_REQUEUES_ENV: "2"}) == 2
+
+
+# srun's own words when tasks end badly, as they appear in a job's error file (SLURM 22.05).
+SRUN_ERR = """\
+2026-11-29 03:20:01 epoch 1/8 ...
+[rank 1] Traceback (most recent call last):
+srun: error: lars-n3: task 1: Killed
+srun: launch/slurm: _step_signal: Terminating StepId=4242.0
+srun: error: lars-n1: tasks 0,2-3: Exited with exit code 1
+"""
+
+
+def test_the_first_rank_srun_reports_is_named_as_the_local_launcher_names_it():
+    from harness.runtime.failure import first_failed_task, sentence
+    rank, host, how = first_failed_task(SRUN_ERR)
+    assert (rank, host, how) == (1, "lars-n3", "killed by signal 9")
+    assert sentence(rank, host, how) == ("rank 1 on lars-n3 failed first (killed by signal 9); "
+                                         "the other ranks were stopped")
+    assert first_failed_task("srun: error: n1: tasks 2-3: Exited with exit code 3\n") == (
+        2, "n1", "exit code 3")
+    assert first_failed_task("no srun errors here\n") is None

@@ -27,6 +27,7 @@ from typing import Optional
 from harness import engines
 from harness.engines import python_for
 from harness.entrypoints import worker_command
+from harness.runtime.failure import sentence
 from harness.spec.manifest import Manifest
 _PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")  # gloo [1], mpirun [1,0]
 _FIRST_FAILED = re.compile(r"^Process name: \S*?(\d+)\]?\s*$")
@@ -73,8 +74,7 @@ class FailureReport:
         signum = -code if code < 0 else code - 128 if code > 128 else None
         how = f"killed by signal {signum}" if signum else f"exit code {code}"
         # Local processes: every rank runs on this host.
-        return (f"rank {self.rank} on {socket.gethostname()} failed first ({how}); "
-                "the other ranks were stopped")
+        return sentence(self.rank, socket.gethostname(), how)
 
 
 def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
