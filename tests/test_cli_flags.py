@@ -41,3 +41,21 @@ def test_cli_flag_set_is_pinned():
     found = {k: v for k, v in _flags(build_parser()).items() if k and k != "tracking"}
     assert found == EXPECTED
 
+
+
+def test_every_flag_is_in_the_guides():
+    """A flag nobody can read about is a flag nobody uses: each verb's flags appear in README.md
+    or a guide in docs/ (the pinned set above says what exists, this that it is explained)."""
+    from conftest import REPO
+    text = (REPO / "README.md").read_text() + "".join(p.read_text() for p in REPO.glob("docs/*.md"))
+    missing = sorted(f"{verb}: {flag}" for verb, flags in EXPECTED.items() for flag in flags
+                     if flag.startswith("--") and flag not in text)
+    assert missing == []
+
+
+def test_a_wrong_flag_is_one_line_and_exit_2_from_the_real_command():
+    from conftest import run_cli
+    done = run_cli("run", "jobs/diabetes_mlp.yaml", "--gpus", "2")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "unrecognized arguments: --gpus 2" in done.stderr
+    assert "Traceback" not in done.stderr

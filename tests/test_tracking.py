@@ -210,13 +210,47 @@ def test_tracking_serve_prints_the_uri_and_answers(tmp_path):
 
 
 def test_every_tracker_implements_the_one_interface():
+    """The Tracker protocol, the MLflow and do-nothing trackers, and the deferred one rank 0
+    really uses: the same methods with the same parameters, and the deferred one replays every
+    call made before the run opened, in order, into the real tracker."""
+    import inspect
+    import threading
+    from tracking.deferred import QUEUED, DeferredTracker
     from tracking.mlflow_tracker import MlflowTracker
     from tracking.tracker import NullTracker, Tracker
     wanted = {name for name in dir(Tracker) if not name.startswith("_")}
+    def accepts(impl, protocol) -> bool:  # the protocol's parameters first; extras optional
+        got = [p for n, p in inspect.signature(impl).parameters.items() if n != "self"]
+        want = [n for n in inspect.signature(protocol).parameters if n != "self"]
+        return ([p.name for p in got[:len(want)]] == want
+                and all(p.default is not p.empty for p in got[len(want):]))
+
     for cls in (MlflowTracker, NullTracker):
-        missing = {name for name in wanted if not hasattr(cls, name)}
-        assert not missing, f"{cls.__name__} lacks {missing}"
-    assert isinstance(NullTracker(), Tracker)
+        for name in wanted - {"run_id", "location"}:
+            assert accepts(getattr(cls, name), getattr(Tracker, name)), (cls.__name__, name)
+    assert set(QUEUED) | {n for n in vars(DeferredTracker) if not n.startswith("_")} >= wanted
+
+    calls, gate = [], threading.Event()
+
+    class Recording(NullTracker):
+        run_id, location = "r1", "MLflow run r1"
+
+        def __getattribute__(self, name):
+            if name in wanted and name not in ("run_id", "location"):
+                return lambda *a, **k: calls.append((name, a))
+            return object.__getattribute__(self, name)
+
+    deferred = DeferredTracker(lambda: (gate.wait(), Recording())[1])
+    deferred.log_params({"a": 1})
+    deferred.log_metrics({"loss": 0.5}, step=0)
+    deferred.set_tags({"t": "x"})
+    assert calls == []  # the run is not open yet: kept
+    gate.set()
+    assert deferred.run_id == "r1" and isinstance(deferred, Tracker)
+    deferred.log_metrics({"loss": 0.4}, step=1)
+    deferred.finish("FINISHED")
+    assert [c[0] for c in calls] == ["log_params", "log_metrics", "set_tags", "log_metrics", "finish"]
+    assert calls[1][1] == ({"loss": 0.5},) and calls[4][1] == ("FINISHED", "", None)
 
 
 def test_only_the_senders_calls_are_quick_and_mlflow_keeps_its_retries(tmp_path):
@@ -224,10 +258,11 @@ def test_only_the_senders_calls_are_quick_and_mlflow_keeps_its_retries(tmp_path)
     (which run creation, parameters, artifacts and the final status rely on) is left alone."""
     import os
 
+    from mlflow.exceptions import MlflowException
     from tracking.mlflow_tracker import Metric, MlflowClient, send_batch
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     began = time.monotonic()
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException, match="127.0.0.1:9"):  # the refused connection, named
         send_batch(MlflowClient("http://127.0.0.1:9"), "0" * 32, [Metric("loss", 1.0, 0, 0)])
     assert time.monotonic() - began < 10  # MLflow's own retries take minutes here
 
