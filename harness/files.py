@@ -1,9 +1,12 @@
 """The project's own files, and writing any file so that a crash never leaves half of it."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: jobs/, slurm/, .venv/
 JOBS = REPO / "jobs"
@@ -22,3 +25,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_csv(rows: Sequence[Mapping], columns: Sequence[str], path: Path) -> Path:
+    """A results table (a sweep's points, a scaling run's sizes, a forecast), one row per
+    mapping, ``columns`` in that order (missing values empty), written atomically."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    atomic_write_text(Path(path), out.getvalue())
+    return Path(path)

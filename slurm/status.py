@@ -28,11 +28,15 @@ def _run(cmd: list[str]) -> Optional[str]:
 
 def queued_jobs() -> dict[str, dict]:
     """{job id: {state, name, elapsed, reason}} for the caller's harness jobs in squeue."""
-    out = _run(["squeue", "--me", "-h", "-o", "%i|%j|%T|%M|%r|%k"]) or ""
+    return parse_queue(_run(["squeue", "--me", "-h", "-o", "%i|%j|%T|%M|%r|%k"]) or "")
+
+
+def parse_queue(out: str) -> dict[str, dict]:
+    """squeue's ``%i|%j|%T|%M|%r|%k`` lines: the jobs whose comment marks them as ours."""
     jobs = {}
     for line in out.splitlines():
         job_id, name, state, elapsed, reason, comment = (line.split("|") + [""] * 6)[:6]
-        if comment == COMMENT:
+        if comment.strip() == COMMENT:
             jobs[job_id] = {"state": state, "name": name, "elapsed": elapsed, "reason": reason}
     return jobs
 
@@ -45,54 +49,76 @@ def finished_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"]) or ""
+    states = parse_sacct_states(out, job_ids)
+    for job_id in job_ids:
+        if job_id not in states:
+            states[job_id] = parse_scontrol_state(_run(["scontrol", "show", "job", job_id]) or "")
+    return states
+
+
+def parse_sacct_states(out: str, job_ids: list[str]) -> dict[str, str]:
+    """sacct's ``JobID|State`` lines for these jobs ("CANCELLED by 0" -> CANCELLED)."""
     states = {}
     for line in out.splitlines():
         job_id, _, state = line.partition("|")
         if job_id in job_ids and state:
-            states[job_id] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
-    for job_id in job_ids:
-        states.setdefault(job_id, _scontrol_state(job_id))
+            states[job_id] = state.split()[0]
     return states
 
 
-def _scontrol_state(job_id: str) -> str:
+def parse_scontrol_state(out: str) -> str:
     """Where accounting is off: the controller remembers a job for MinJobAge seconds."""
-    out = _run(["scontrol", "show", "job", job_id]) or ""
     for word in out.split():
         if word.startswith("JobState="):
             return word.split("=", 1)[1]
     return FORGOTTEN
 
 
-
 def array_task_states(array_job_id: str, size: int) -> dict[int, str]:
     """{task index: state} of a job array: squeue (one line per task with -r) while queued,
     then sacct, else ``scontrol show job``, else FORGOTTEN."""
-    states = {}
-    for line in (_run(["squeue", "-h", "-r", "-j", array_job_id, "-o", "%i|%T"]) or "").splitlines():
-        task, _, state = line.partition("|")
-        index = task.rpartition("_")[2]
-        if index.isdigit():
-            states[int(index)] = state
-    missing = [i for i in range(size) if i not in states]
-    if missing:
+    states = parse_array_queue(
+        _run(["squeue", "-h", "-r", "-j", array_job_id, "-o", "%i|%T"]) or "")
+    if any(i not in states for i in range(size)):
         for index, state in _finished_tasks(array_job_id).items():
             states.setdefault(index, state)
     return {i: states.get(i, FORGOTTEN) for i in range(size)}
 
 
+def parse_array_queue(out: str) -> dict[int, str]:
+    """squeue -r's ``JOBID_TASK|STATE`` lines (a pending range like 50_[2-3] is skipped)."""
+    states = {}
+    for line in out.splitlines():
+        task, _, state = line.partition("|")
+        index = task.rpartition("_")[2]
+        if index.isdigit():
+            states[int(index)] = state
+    return states
+
+
 def _finished_tasks(array_job_id: str) -> dict[int, str]:
-    out = _run(["sacct", "-n", "-P", "-X", "-j", array_job_id, "-o", "JobID,State"]) or ""
+    found = parse_array_sacct(
+        _run(["sacct", "-n", "-P", "-X", "-j", array_job_id, "-o", "JobID,State"]) or "",
+        array_job_id)
+    if found:
+        return found
+    # No accounting: the controller keeps one record per started task for MinJobAge seconds.
+    return parse_array_scontrol(_run(["scontrol", "show", "job", array_job_id]) or "", array_job_id)
+
+
+def parse_array_sacct(out: str, array_job_id: str) -> dict[int, str]:
     found = {}
     for line in out.splitlines():
         task, _, state = line.partition("|")
         index = task.rpartition("_")[2]
         if task.startswith(f"{array_job_id}_") and index.isdigit() and state:
             found[int(index)] = state.split()[0]
-    if found:
-        return found
-    # No accounting: the controller keeps one record per started task for MinJobAge seconds.
-    for record in (_run(["scontrol", "show", "job", array_job_id]) or "").split("\n\n"):
+    return found
+
+
+def parse_array_scontrol(out: str, array_job_id: str) -> dict[int, str]:
+    found = {}
+    for record in out.split("\n\n"):
         fields = dict(word.split("=", 1) for word in record.split() if "=" in word)
         if fields.get("ArrayJobId") == array_job_id and fields.get("ArrayTaskId", "").isdigit():
             found[int(fields["ArrayTaskId"])] = fields.get("JobState", FORGOTTEN)

@@ -1,4 +1,4 @@
-"""Imports point one way: CLI -> scaling -> runtime -> slurm | tracking | telemetry -> spec -> base.
+"""Imports point one way: CLI -> scaling | sweep -> group -> runtime -> slurm | tracking | telemetry -> spec -> base.
 
 An AST walk over every module (imports inside functions included, since the CLI imports lazily)
 checks that no module imports a layer above its own, and that the three middle packages, which
@@ -17,6 +17,7 @@ from conftest import REPO
 LAYERS = [
     ["harness.cli"],
     ["harness.scaling", "harness.sweep"],  # peers: orchestrate runs, never each other
+    ["harness.group"],  # the core both share: points, parent and child runs, the local runner
     ["harness.runtime"],
     ["slurm", "tracking", "harness.telemetry"],  # peers: none imports another
     ["harness.spec"],

@@ -40,8 +40,10 @@ def test_local_sweep_points_side_by_side_each_get_their_own_gpus(gpus, tmp_path)
     otherwise pin GPU 0 along with every other point's)."""
     import json
     import sys
+    from types import SimpleNamespace
 
-    from harness.sweep import local
+    from harness.group import local
+    from harness.spec.manifest import Layout
 
     class Probe(local.PointRunner):  # the point's process reports what it sees, no TensorFlow
         def command(self, point):
@@ -51,12 +53,12 @@ def test_local_sweep_points_side_by_side_each_get_their_own_gpus(gpus, tmp_path)
     wanted = gpus + 1
     at_once = local.parallelism(wanted, 1, gpus)
     assert at_once == gpus  # one GPU per 1-process point
-    record = {"tracking_uri": "unused", "points": [
-        {"index": i, "name": f"p{i}", "run_id": f"r{i}"} for i in range(2 * gpus)]}
-    runner = Probe(record, 1, tmp_path, gpus, at_once)
+    points = [SimpleNamespace(index=i, name=f"p{i}", run_id=f"r{i}") for i in range(2 * gpus)]
+    launch = SimpleNamespace(points=points, layout_of=lambda index: Layout(1), path="unused")
+    runner = Probe(launch, tmp_path, gpus, at_once)
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(at_once) as pool:
-        codes = list(pool.map(runner.run, record["points"]))
+        codes = list(pool.map(runner.run, points))
     assert all(code == 0 for code, _ in codes)
     seen = [json.loads((tmp_path / f"point-{i}.log").read_text())["visible"]
             for i in range(2 * gpus)]

@@ -400,7 +400,10 @@ def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_sto
     assert [children[i].info.run_name for i in range(4)] == [f"csv=run{i}.csv" for i in range(1, 5)]
     assert {i: children[i].info.status for i in range(4)} == {0: "FINISHED", 1: "FINISHED",
                                                               2: "FINISHED", 3: "FAILED"}
-    assert "rows: 19" in children[3].data.tags["failure_reason"]
+    assert "rows: 19" in children[3].data.tags["failure_reason"]  # its own reason stays
+    # The batch script's word after the failed step: which rank, where, how (srun's report).
+    assert re.fullmatch(r"rank 0 on \S+ failed first \(exit code 2\); the other ranks were "
+                        r"stopped by srun", children[3].data.tags["failure_first_rank"])
     # The preempted task resumed into its own child run: every epoch once, one restart.
     first = children[0]
     assert first.info.run_id == points["points"][0]["run_id"]

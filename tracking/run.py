@@ -176,18 +176,24 @@ def delete_runs(uri: str, run_ids) -> None:
             pass
 
 
-def mark_failed(run_id: str, uri: str, reason: str) -> None:
+def mark_failed(run_id: str, uri: str, reason: str, rank: Optional[int] = None) -> None:
     """The launcher's word on a failed job: the first failure, which rank, where, how.
 
-    Rank 0's own reason (often a collective that lost its peer) moves to ``failure_reason.rank0``.
+    When another rank died first, rank 0's own reason (often a collective that lost its peer)
+    moves to ``failure_reason.rank0``; when rank 0 itself failed first and said why, its reason
+    stays and the launcher's sentence goes to ``failure_first_rank``.
     """
     from tracking.mlflow_tracker import MlflowClient
     try:
         client = MlflowClient(uri)
         run = client.get_run(run_id)
-        if "failure_reason" in run.data.tags:
-            client.set_tag(run_id, "failure_reason.rank0", run.data.tags["failure_reason"])
-        client.set_tag(run_id, "failure_reason", reason)
+        own = run.data.tags.get("failure_reason")
+        if own and rank in (0, None):
+            client.set_tag(run_id, "failure_first_rank", reason)
+        else:
+            if own:
+                client.set_tag(run_id, "failure_reason.rank0", own)
+            client.set_tag(run_id, "failure_reason", reason)
         # Rank 0 may have marked the run KILLED (horovodrun stopped it) or died itself (RUNNING):
         # either way the job failed, and every rank has exited by now.
         if run.info.status != "FAILED":

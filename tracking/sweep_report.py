@@ -3,7 +3,6 @@ figure, and the objective against each varied parameter.  Pure rendering: the ro
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import math
 from pathlib import Path
@@ -12,15 +11,6 @@ from typing import Mapping, Optional, Sequence
 from tracking.report import _fmt, plt, save_figure
 
 OBJECTIVE = "best_val_loss"
-
-
-def write_csv(rows: Sequence[Mapping], columns: Sequence[str], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return path
 
 
 def curves_png(curves: Mapping[str, Sequence[tuple]], failed: set, path: Path, title: str,

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     reason = sentence(*found, stopped="were stopped by srun")
     print(f"harness: run failed: {reason}", file=sys.stderr, flush=True)
     from tracking.run import mark_failed
-    mark_failed(point.run_id, launch.tracking_uri, reason)
+    mark_failed(point.run_id, launch.tracking_uri, reason, rank=found[0])
     return 0
 
 

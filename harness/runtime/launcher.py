@@ -94,7 +94,7 @@ def launch(manifest: Manifest, index: int = 0, extra_env: Optional[dict] = None)
     point = manifest.point(index)
     worker = worker_command(python_for(manifest.engine), str(manifest.path), index)
     run = (point.run_id, manifest.tracking_uri) if point.run_id else None
-    return run_processes(manifest.layout.processes, worker, extra_env=extra_env,
+    return run_processes(manifest.layout_of(index).processes, worker, extra_env=extra_env,
                          engine=manifest.engine, run=run)
 
 
@@ -167,7 +167,7 @@ def _watch_workers(worker: list[str], envs: list[dict], run: Optional[tuple]) ->
     if stopped is not None:
         reason = reason.replace("were stopped", f"were stopped within {stopped:.1f} s")
     print(f"run failed: {reason}", file=sys.stderr, flush=True)
-    record_first_failure(run, reason)
+    record_first_failure(run, reason, report.rank)
     return 1
 
 
@@ -239,17 +239,17 @@ def _watch(cmd: list[str], env: dict, run: Optional[tuple]) -> int:
     if returncode != 0:
         reason = report.describe(returncode)
         print(f"run failed: {reason}", file=sys.stderr, flush=True)
-        record_first_failure(run, reason)
+        record_first_failure(run, reason, report.rank)
         return 1
     return 0
 
 
-def record_first_failure(run: Optional[tuple], reason: str) -> None:
+def record_first_failure(run: Optional[tuple], reason: str, rank: Optional[int]) -> None:
     """The run says which rank failed first, where and how (not rank 0's later error)."""
     if run is None:
         return  # tracking is off for this launch
     from tracking.run import mark_failed
-    mark_failed(run[0], run[1], reason)
+    mark_failed(run[0], run[1], reason, rank)
 
 
 def main(argv=None) -> int:

@@ -8,12 +8,12 @@ CSV, MLflow metrics (step = N), and a recommendation drawn from those numbers.
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from harness import files
 from harness.errors import UserError
 from harness.scaling.comm_model import Layout, Links, Prediction, predict_layout
 
@@ -124,16 +124,17 @@ def recommend(points: list[Point], gpus_per_node: int) -> str:
     return "; ".join(parts)
 
 
+CSV_COLUMNS = ("processes", "packing", "fp16_allreduce", "nodes", "per_node", "step_s",
+               "allreduce_s", "efficiency", "samples_per_s")
+
+
 def write_csv(points: list[Point], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["processes", "packing", "fp16_allreduce", "nodes", "per_node",
-                         "step_s", "allreduce_s", "efficiency", "samples_per_s"])
-        for p in points:
-            writer.writerow([p.processes, p.packing, p.fp16, p.layout.nodes, p.layout.per_node,
-                             f"{p.prediction.step_serial_s:.6g}", f"{p.prediction.allreduce_s:.6g}",
-                             f"{p.efficiency:.4f}", f"{p.samples_per_s:.6g}"])
-    return path
+    return files.write_csv([{
+        "processes": p.processes, "packing": p.packing, "fp16_allreduce": p.fp16,
+        "nodes": p.layout.nodes, "per_node": p.layout.per_node,
+        "step_s": f"{p.prediction.step_serial_s:.6g}", "allreduce_s": f"{p.prediction.allreduce_s:.6g}",
+        "efficiency": f"{p.efficiency:.4f}", "samples_per_s": f"{p.samples_per_s:.6g}"}
+        for p in points], CSV_COLUMNS, path)
 
 
 def plot(points: list[Point], path: Path, title: str, measured: Optional[dict] = None) -> Path:

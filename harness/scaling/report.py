@@ -1,7 +1,6 @@
 """The scaling sweep's outputs: the table, its CSV, and the two plots."""
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from harness import files  # noqa: E402
 from harness.scaling.stats import MIN_WINDOWS, ScaleRow  # noqa: E402
 from tracking.report import save_figure  # noqa: E402
 
@@ -51,11 +51,7 @@ def as_dicts(rows: Sequence[ScaleRow]) -> list[dict]:
 
 
 def write_csv(rows: Sequence[ScaleRow], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(as_dicts(rows))
-    return path
+    return files.write_csv(as_dicts(rows), COLUMNS, path)
 
 
 def throughput_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:

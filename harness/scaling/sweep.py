@@ -2,9 +2,9 @@
 
 For every size N the job trains ``repeats`` + 1 epochs; the first is warm-up
 and each later epoch is one timing window (samples/s after its first step).
-Each size is a child run of one parent run for the sweep (tag ``scale.id``; a hyperparameter
-sweep tags ``sweep.id``).
-The workers also time an allreduce of the model's gradient size, which the
+The sizes are a group (harness/group/, the core a hyperparameter sweep shares): each size is
+a point with its own process layout and a child run of one parent run (tag ``scale.id``; a
+hyperparameter sweep tags ``sweep.id``).  The workers also time an allreduce of the model's gradient size, which the
 communication model (harness.scaling.comm_model) turns into a predicted efficiency.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional
 
 from harness.scaling import comm_model
-from harness.runtime import launcher
 from harness.scaling import stats as scaling
 from harness.errors import RunFailed, UserError
 from harness.spec.loader import load_spec
@@ -81,16 +80,27 @@ def size_group(sweep_id: str, parent_run_id: str, n: int) -> dict:
     return {"kind": "scale", "id": sweep_id, "parent_run_id": parent_run_id, "processes": n}
 
 
-def run_local(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str, run_id: str,
-              parent_run_id: str) -> None:
-    from harness.runtime import launches
+def run_local(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str,
+              children: dict) -> None:
+    """Every size as a point of one launch, one after another on this machine (the group's
+    local runner, its lines on the terminal); a size that fails ends the run."""
+    from harness.group import local
     from harness.runtime.prepare import prepare_launch
-    sized = load_spec(plan.spec_path, size_overrides(plan, spec, n, sweep_id))
-    launch = launches.local(sized, n, False, group=size_group(sweep_id, parent_run_id, n),
-                            options={MEASURE_ALLREDUCE: True}, run_id=run_id, verb="scale")
+    from harness.spec import manifest
+    from tracking.run import tracking_uri
+    points = [manifest.Point(i, load_spec(plan.spec_path, size_overrides(plan, spec, n, sweep_id)),
+                             children[n], f"N={n}", {"processes": n}, manifest.Layout(n))
+              for i, n in enumerate(plan.sizes)]
+    folder = (Path.cwd() / "runs" / spec.name / "scale" / sweep_id).resolve()
+    launch = manifest.write(manifest.new(
+        "scale", points, manifest.Layout(plan.sizes[0]), tracking_uri(), False,
+        {"kind": "scale", "id": sweep_id, "parent_run_id": parent_run_id},
+        {MEASURE_ALLREDUCE: True}), folder)
     prepare_launch(launch)
-    if launcher.launch(launch) != 0:
-        raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
+    codes = local.run_points(launch, 1, folder, stream=True, label="scale", stop_on_failure=True)
+    for i, n in enumerate(plan.sizes):
+        if codes.get(i, 0) != 0:
+            raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
 
 
 def submit_size(plan: SweepPlan, spec: JobSpec, where: comm_model.Layout, sweep_id: str,
@@ -208,7 +218,8 @@ def scale_metrics(row) -> dict:
 
 
 def sweep(plan: SweepPlan) -> int:
-    from tracking.run import check_reachable, start_run, tracking_uri
+    from harness.group.runs import Child, open_group
+    from tracking.run import check_reachable, tracking_uri
     from tracking.runs import RunStore
     spec = load_spec(plan.spec_path, plan.overrides)
     layouts = size_layouts(plan, spec)  # a size that does not fit fails before anything runs
@@ -217,16 +228,15 @@ def sweep(plan: SweepPlan) -> int:
     check_reachable(spec)
     uri = tracking_uri()
     sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent = start_run(spec.experiment, f"scale {spec.name} N={plan.sizes}",
-                       {"scale.id": sweep_id, "harness.kind": "scale-sweep"}, spec.spec_path)
-    parent.log_params(sweep_params(plan, spec))
+    parent, by_index = open_group(
+        "scale", sweep_id, spec.experiment, f"scale {spec.name} N={plan.sizes}", spec.spec_path,
+        sweep_params(plan, spec), [Child(i, f"{spec.name} N={n}", {"scale.processes": str(n)})
+                                   for i, n in enumerate(plan.sizes)])
+    children = {n: by_index[i] for i, n in enumerate(plan.sizes)}
     print(f"scale: sweep {sweep_id}: sizes {plan.sizes}, {plan.repeats} timing windows each "
           f"after {WARMUP_EPOCHS} warm-up epoch; parent run {parent.run_id} at {uri}", flush=True)
     try:
         client = RunStore(uri)  # reads the children's results back
-        children = {n: client.create(spec.experiment, f"{spec.name} N={n}",
-                                     {"scale.id": sweep_id, "scale.processes": str(n)},
-                                     parent.run_id) for n in plan.sizes}
         run_sizes(plan, spec, sweep_id, parent.run_id, children, layouts)
         results = {n: collect(client, children[n], n) for n in plan.sizes}
         rows, predictions = rows_with_model(results, spec.training.batch_size, plan.one_step_s,
@@ -268,14 +278,12 @@ def sweep_params(plan: SweepPlan, spec: JobSpec) -> dict:
 
 def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str, children: dict,
               layouts: dict) -> None:
+    if plan.local:
+        run_local(plan, spec, sweep_id, parent_run_id, children)
+        return
     jobs, previous = {}, None
     for n in plan.sizes:
-        if plan.local:
-            print(f"scale: N={n}: {n} local process(es)", flush=True)
-            run_local(plan, spec, n, sweep_id, children[n], parent_run_id)
-        else:
-            previous = jobs[n] = submit_size(plan, spec, layouts[n], sweep_id, children[n],
-                                             parent_run_id, previous)
-            print(f"scale: N={n}: job {previous}", flush=True)
-    if jobs:
-        wait_for_jobs(jobs)
+        previous = jobs[n] = submit_size(plan, spec, layouts[n], sweep_id, children[n],
+                                         parent_run_id, previous)
+        print(f"scale: N={n}: job {previous}", flush=True)
+    wait_for_jobs(jobs)

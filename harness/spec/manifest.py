@@ -59,6 +59,7 @@ class Point:
     run_id: Optional[str] = None
     name: str = ""
     values: dict = field(default_factory=dict)  # the sweep's values; the scale size
+    layout: Optional["Layout"] = None  # its own process layout (a scaling run's sizes)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class Manifest:
     created: float = 0.0
     path: Optional[Path] = None  # where it was read from or written to
 
+    def layout_of(self, index: int = 0) -> Layout:
+        return self.point(index).layout or self.layout
+
     def point(self, index: int = 0) -> Point:
         if not 0 <= index < len(self.points):
             raise UserError(f"{self.path}: point {index}, but the launch has {len(self.points)} "
@@ -96,14 +100,23 @@ def _spec_record(spec: JobSpec, job_copy: Path) -> dict:
     return resolved
 
 
+def _layout_record(layout: Optional[Layout]) -> Optional[dict]:
+    return None if layout is None else {"processes": layout.processes, "nodes": layout.nodes}
+
+
+def _layout(record: Optional[dict]) -> Optional[Layout]:
+    return None if not record else Layout(record["processes"], record["nodes"])
+
+
 def _content(m: Manifest, job_copy: Path) -> dict:
     return {
         "version": VERSION, "verb": m.verb, "engine": m.engine,
-        "layout": {"processes": m.layout.processes, "nodes": m.layout.nodes},
+        "layout": _layout_record(m.layout),
         "tracking_uri": m.tracking_uri, "resume": m.resume,
         "job": {"source": m.job_source, "copy": str(job_copy), "sha256": m.job_sha256},
         "group": m.group, "options": m.options, "created": m.created,
         "points": [{"index": p.index, "name": p.name, "values": p.values, "run_id": p.run_id,
+                    "layout": _layout_record(p.layout),
                     "spec_source": p.spec.spec_path, "spec": _spec_record(p.spec, job_copy)}
                    for p in m.points],
     }
@@ -154,8 +167,9 @@ def read(path: Path) -> Manifest:
         raw = json.loads(path.read_text())
         job, layout = raw["job"], raw["layout"]
         points = tuple(Point(p["index"], load_resolved(p["spec"], p["spec_source"], path),
-                             p["run_id"], p["name"], p["values"]) for p in raw["points"])
-        return Manifest(raw["verb"], raw["engine"], Layout(layout["processes"], layout["nodes"]),
+                             p["run_id"], p["name"], p["values"], _layout(p.get("layout")))
+                       for p in raw["points"])
+        return Manifest(raw["verb"], raw["engine"], _layout(layout),
                         raw["tracking_uri"], raw["resume"], points, job["source"], job["sha256"],
                         raw.get("group") or {}, raw.get("options") or {}, raw["created"], path)
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -40,7 +40,8 @@ def sweep(req: SweepRequest) -> int:
 
 
 def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
-    from harness.sweep import local, runs, summary
+    from harness.group import local
+    from harness.sweep import runs, summary
     from harness.telemetry import nvml
     from tracking.run import check_reachable, tracking_uri
     gpus = nvml.device_count()
@@ -63,7 +64,7 @@ def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
     launch = launch_manifest.read(manifest)
     prepare_launch(launch)  # once per data section: points side by side would all fill one cache
     try:
-        codes = local.run_points(launch, req.processes, at_once, plan.folder, gpus)
+        codes = local.run_points(launch, at_once, plan.folder, gpus)
     except KeyboardInterrupt:
         summary.summarize(str(plan.folder), final=False)
         summary.end_parent(points_file, "KILLED")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.errors import UserError
+from harness.files import write_csv
 from harness.spec import sweep_points
 from tracking.sweep_report import OBJECTIVE
 
@@ -204,7 +205,7 @@ def log_results(client, record: dict, rows: list, best: Optional[dict], lines: l
                 f"{record['name']}: {OBJECTIVE} vs {key}", key in log_x or _spans_decades(rows, key),
                 best["point"] if best else None))
         table_rows = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
-        csv_path = sweep_report.write_csv(table_rows, cols, folder / "results.csv")
+        csv_path = write_csv(table_rows, cols, folder / "results.csv")
         page = folder / "results.html"
         page.write_text(sweep_report.html_page(title, lines, table_rows, cols, images,
                                                best["point"] if best else None))

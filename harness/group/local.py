@@ -1,10 +1,12 @@
-"""``harness sweep --local``: the points on this machine, one after another or K at a time.
+"""A group's points on this machine (``harness sweep --local``, ``harness scale --local``), one
+after another or K at a time.
 
-Each point is launched from the sweep's manifest as ``harness run`` launches a job
-(``python -m harness.runtime.launcher MANIFEST --index I``), logging into its child run, its
-output in ``point-<i>.log`` in the sweep's folder.  A point that fails is reported and the others go on.
-Points run side by side only when their processes fit the machine (one per GPU, or one per
-core without GPUs); otherwise fewer at a time, and a line says why.
+Each point is launched from the group's manifest as ``harness run`` launches a job
+(``python -m harness.runtime.launcher MANIFEST --index I``), logging into its child run; its
+output goes to ``point-<i>.log`` in the group's folder, or to the terminal (``stream``).  A point
+that fails is reported and the others go on.  Points run side by side only when their
+processes fit the machine (one per GPU, or one per core without GPUs); otherwise fewer at a
+time, and a line says why.
 """
 from __future__ import annotations
 
@@ -35,14 +37,16 @@ def parallelism(wanted: int, processes: int, gpus: int) -> int:
 
 
 class PointRunner:
-    """Starts points as `harness run` subprocesses and stops them all on Ctrl-C."""
+    """Starts points as launcher subprocesses and stops them all on Ctrl-C."""
 
-    def __init__(self, launch, processes: int, folder: Path, gpus: int = 0, at_once: int = 1):
-        self.launch, self.processes, self.folder = launch, processes, folder
+    def __init__(self, launch, folder: Path, gpus: int = 0, at_once: int = 1,
+                 stream: bool = False, label: str = "sweep"):
+        self.launch, self.folder, self.stream, self.label = launch, folder, stream, label
+        processes = launch.layout_of(0).processes
         # Points side by side on a GPU machine each get GPUs of their own (CUDA_VISIBLE_DEVICES):
         # every point's rank 0 would otherwise pin GPU 0.
         self.gpu_groups: queue.Queue = queue.Queue()
-        self.pin_gpus = bool(gpus)
+        self.pin_gpus = bool(gpus) and at_once > 1  # one at a time: every GPU is the point's
         for k in range(at_once if gpus else 0):
             self.gpu_groups.put(",".join(str(k * processes + i) for i in range(processes)))
         self.live: set = set()
@@ -66,22 +70,24 @@ class PointRunner:
             if gpus is not None:
                 self.gpu_groups.put(gpus)
 
-    def _run(self, point: dict, env: dict, log: Path) -> tuple[int, float]:
+    def _run(self, point, env: dict, log: Path) -> tuple[int, float]:
         started = time.monotonic()
-        with open(log, "w") as out:
+        with open(os.devnull if self.stream else log, "w") as out:
             with self.lock:
                 if self.stopping:
                     return 130, 0.0
-                proc = subprocess.Popen(self.command(point), stdout=out, stderr=subprocess.STDOUT,
+                proc = subprocess.Popen(self.command(point), stdout=None if self.stream else out,
+                                        stderr=None if self.stream else subprocess.STDOUT,
                                         env=env, start_new_session=True)
                 self.live.add(proc)
-            print(f"sweep: point {point.index} ({point.name}) started; log {log}", flush=True)
+            where = "" if self.stream else f"; log {log}"
+            print(f"{self.label}: point {point.index} ({point.name}) started{where}", flush=True)
             code = proc.wait()
         with self.lock:
             self.live.discard(proc)
         seconds = time.monotonic() - started
-        word = "finished" if code == 0 else f"FAILED (exit {code}; see {log})"
-        print(f"sweep: point {point.index} ({point.name}) {word} in {seconds:.0f} s", flush=True)
+        word = "finished" if code == 0 else f"FAILED (exit {code}; see {'above' if self.stream else log})"
+        print(f"{self.label}: point {point.index} ({point.name}) {word} in {seconds:.0f} s", flush=True)
         return code, seconds
 
     def stop_all(self) -> None:
@@ -101,10 +107,22 @@ class PointRunner:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_points(launch, processes: int, at_once: int, folder: Path,
-               gpus: int = 0) -> dict[int, int]:
-    """{point index: exit code}; every point runs even when some fail."""
-    runner = PointRunner(launch, processes, folder, gpus, at_once)
+def run_points(launch, at_once: int, folder: Path, gpus: int = 0, stream: bool = False,
+               label: str = "sweep", stop_on_failure: bool = False) -> dict[int, int]:
+    """{point index: exit code}; every point runs even when some fail, unless
+    ``stop_on_failure`` (a scaling run: a size that fails leaves nothing to compare)."""
+    runner = PointRunner(launch, folder, gpus, at_once, stream, label)
+    if stop_on_failure:
+        codes = {}
+        try:
+            for point in launch.points:
+                codes[point.index] = runner.run(point)[0]
+                if codes[point.index] != 0:
+                    break
+        except KeyboardInterrupt:
+            runner.stop_all()
+            raise
+        return codes
     codes = {}
     pool = ThreadPoolExecutor(max_workers=at_once)
     try:
