@@ -152,6 +152,15 @@ def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir,
     preempted = client.get_metric_history(run.info.run_id, "slurm/preempted_in_epoch")
     assert [(m.step, m.value) for m in preempted] == [(0, interrupted)]
     assert "failure_reason" not in run.data.tags
+    # Telemetry of both attempts on one axis: steps continue after the requeue, none repeats.
+    cpu = next(k for k in run.data.metrics if k.endswith("/cpu_utilization_percentage"))
+    samples = sorted(client.get_metric_history(run.info.run_id, cpu), key=lambda m: m.timestamp)
+    steps = [m.step for m in samples]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps), steps
+    requeued_at = max(m.timestamp for m in client.get_metric_history(run.info.run_id, "loss")
+                      if m.step == saved - 1)  # the first attempt's last logged epoch
+    assert min(m.step for m in samples if m.timestamp > requeued_at + 10_000) > max(
+        m.step for m in samples if m.timestamp <= requeued_at)
 
 
 def test_scancel_without_requeue_keeps_the_checkpoint_and_marks_the_run_killed(
@@ -317,6 +326,25 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     signal_to_stop = client.get_metric_history(run.info.run_id, "slurm/stop_after_signal_s")
     assert [m.step for m in signal_to_stop] == [0]
     print(f"{engine}: signal-to-stop {seconds:.1f} s (GraceTime 30 s)")  # the README quotes it
+
+
+def test_a_two_rank_lens_job_with_an_empty_cache_simulates_once(slurm, workdir):
+    """The batch script prepares the job's data before the step: one simulation, then both
+    ranks read the cache (before, every rank of a submitted job simulated the same set)."""
+    done = run_cli("submit", REPO / "jobs" / "lensfinder_cnn.yaml", "--partition", "debug",
+                   "--gpus-per-node", "2", "--set", "data.n_images=200", "--set", "data.num_pix=24",
+                   "--set", "data.cache_dir=lens-cache", "--set", "training.epochs=1",
+                   "--set", "training.warmup_epochs=0", cwd=workdir, env=slurm.env, timeout=120)
+    job_id = re.search(r"submitted job (\d+)", done.stdout).group(1) if done.returncode == 0 else None
+    assert job_id, done.stderr
+    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
+    logs = workdir / "runs" / "lensfinder_cnn" / "slurm"
+    text = (logs / f"lensfinder_cnn-{job_id}.out").read_text() + (
+        logs / f"lensfinder_cnn-{job_id}.err").read_text()
+    assert info["JobState"] == "COMPLETED", text[-3000:]
+    assert text.count("simulating 200 DES-like 24x24") == 1, text[-3000:]
+    assert text.index("prepare: lensfinder_cnn data ready") < text.index("2 process(es)")
+    assert len(list((workdir / "lens-cache").glob("lenses-200x24px-*.npz"))) == 1
 
 
 def test_each_rank_gets_the_cpus_the_script_asked_for(slurm, workdir, pima_csv, tmp_path):

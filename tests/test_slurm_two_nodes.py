@@ -121,8 +121,10 @@ def test_prediction_follows_a_network_shaped_to_a_known_rate(two_nodes, workdir)
 
     How close the prediction comes is a measurement, not asserted here: this 2-core machine's
     windows vary too much (benches/prediction_two_nodes.py measures it, docs/scaling.md has the
-    figures).  What is asserted cannot be noise: the link, the arithmetic, and that a step whose
-    allreduce alone takes twice its compute scales worse than one whose allreduce is negligible."""
+    figures).  What is asserted is set by the world outside the harness: the link rate the
+    shaping imposed, and that a step whose allreduce alone takes twice its compute is predicted
+    and measured to scale worse than one whose allreduce is negligible.  (The model's own
+    arithmetic is tested on its own in tests/test_scaling.py, not re-derived from its output.)"""
     slurm, server = two_nodes
     _shape()
     found = {}
@@ -138,12 +140,8 @@ def test_prediction_follows_a_network_shaped_to_a_known_rate(two_nodes, workdir)
     finally:
         _shape()
     for name, out in (("unshaped", unshaped), ("100mbit", shaped)):
-        measured, predicted, compute, floor, allreduce, error, _ = re.search(VALIDATE, out).groups()
+        measured, predicted, *_ = re.search(VALIDATE, out).groups()
         found[name] = int(measured), int(predicted)
-        # The printed prediction is the model applied to the printed inputs.
-        step = float(compute) + max(float(floor), float(allreduce))
-        assert abs(100 * float(compute) / step - int(predicted)) <= 1
-        assert abs(int(error) - (int(measured) - int(predicted))) <= 1  # rounding only
         assert "predict: links: inter-node" in out and "measured by this sweep at N=2" in out
         assert re.search(r"^recommendation: .+", out, re.M)
     assert f"run {one.info.run_id[:8]}, median of 3 epoch(s)" in shaped  # the earlier N=1
