@@ -17,7 +17,6 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, run_cli
-from harness.errors import UserError
 from harness.sweep import space as search
 
 DIABETES = REPO / "jobs" / "diabetes_mlp.yaml"
