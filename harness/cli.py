@@ -177,17 +177,23 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from harness.runtime import checkpoint, launcher, launches
-    from harness.runtime.prepare import prepare_launch
+    from harness.runtime.prepare import prepare_points
+    from harness.spec.manifest import Point
     from harness.telemetry import nvml
     from harness.spec.loader import load_spec
+    from tracking.run import launch_uri
 
     spec = load_spec(args.spec, args.overrides)
     processes = args.np if args.np is not None else max(1, nvml.device_count())
     if not 1 <= processes <= 256:
         raise UserError(f"--np {processes}: use 1..256 processes")
     state = checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # refuse to clobber, first
-    launch = launches.local(spec, processes, args.resume, state.run_id if state else None)
-    prepare_launch(launch)  # once, before the processes start: they all read the cache
+    uri = launch_uri(spec)  # exit 2 now when a required server is unreachable
+    # The data once, before the processes start (they all read the cache), and before the run
+    # exists: a simulation that fails or is interrupted leaves no run RUNNING.
+    prepare_points([Point(0, spec)])
+    launch = launches.local(spec, processes, args.resume, state.run_id if state else None,
+                            uri=uri)
     return launcher.launch(launch)
 
 

@@ -27,11 +27,12 @@ def launch_folder(spec: JobSpec, launch: Manifest) -> Path:
 def local(spec: JobSpec, processes: int, resume: bool, resume_run_id: Optional[str] = None,
           group: Optional[dict] = None, options: Optional[dict] = None, tags: Mapping = (),
           parent_run_id: Optional[str] = None, run_id: Optional[str] = None,
-          verb: str = "run") -> Manifest:
+          verb: str = "run", uri: Optional[str] = None) -> Manifest:
     """A written manifest for ``processes`` local processes, its run created (or the resumed
-    one, or ``run_id`` made by the caller)."""
+    one, or ``run_id`` made by the caller).  ``uri``: where tracking goes, if the caller has
+    already asked (``tracking.run.launch_uri``)."""
     from tracking.run import create_job_run, launch_uri
-    uri = launch_uri(spec)
+    uri = launch_uri(spec) if uri is None else uri
     if uri and run_id is None:
         run_id = resume_run_id or create_job_run(spec, "LOCAL", "RUNNING", tags, parent_run_id)
     launch = launch_manifest.new(verb, [Point(0, spec, run_id if uri else None)],
