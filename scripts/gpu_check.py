@@ -109,9 +109,9 @@ def main() -> int:
     for metric in ("utilization_percentage", "memory_usage_megabytes", "power_usage_watts",
                    "temperature_celsius", "sm_clock_mhz", "memory_clock_mhz", "pcie_tx_kbps",
                    "pcie_rx_kbps", "energy_joules", "clock_event_reasons"):
-        before = phase_mean(sampler.history, t0 + 1, t1, key(metric))[0]
-        during = phase_mean(sampler.history, t1 + 2, t2, key(metric))[0]  # skip the ramp-up
-        after = phase_mean(sampler.history, t2 + 2, t3, key(metric))[0]
+        before = phase_mean(sampler.timeline.items, t0 + 1, t1, key(metric))[0]
+        during = phase_mean(sampler.timeline.items, t1 + 2, t2, key(metric))[0]  # skip the ramp-up
+        after = phase_mean(sampler.timeline.items, t2 + 2, t3, key(metric))[0]
         rows[metric] = (before, during, after)
         print(f"{metric:<32}{before:>14.1f}{during:>14.1f}{after:>14.1f}")
 
@@ -125,9 +125,9 @@ def main() -> int:
         ("SM clock above zero under load", sm[1] > 0),
         (f"the busy GPU is the one computing (uuid {load.uuid or 'n/a'}, our pid on it: "
          f"{os.getpid() in busy_pids})", uuid_ok),
-        ("samples every tick", len(sampler.history) >= (t3 - t0) / args.interval * 0.8),
+        ("samples every tick", len(sampler.timeline.items) >= (t3 - t0) / args.interval * 0.8),
     ]
-    summaries, flags = summarize(sampler.history, {(host, gpu.index): gpu.memory_total_mb})
+    summaries, flags = summarize(sampler.timeline.items, {(host, gpu.index): gpu.memory_total_mb})
     for (h, i), s in summaries.items():
         print(f"summary {h} GPU {i}: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(s.items())))
     for flag in flags:
