@@ -103,7 +103,9 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
         client.update_run(run_id, status="RUNNING")
         _forget_failure(client, run_id)
     else:
-        run_id = _create_run(client, spec, ctx)
+        # No run from the launch (a script sbatch-ed by hand): create it here.
+        run_id = create_job_run(spec, "JOB" if ctx.slurm.in_step else "LOCAL",
+                                tags=ctx.slurm.tags())
     tracker = attach(run_id, spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl",
                      already)
     _record_start(tracker, spec, ctx, resume_state, dict(derived))
@@ -165,17 +167,6 @@ def run_status(run_id: str) -> Optional[str]:
         return None
 
 
-def delete_runs(uri: str, run_ids) -> None:
-    """Best effort: runs that describe a launch SLURM refused."""
-    from tracking.mlflow_tracker import MlflowClient
-    client = MlflowClient(uri)
-    for run_id in run_ids:
-        try:
-            client.delete_run(run_id)
-        except Exception:  # the refusal itself is what the user must see
-            pass
-
-
 def mark_failed(run_id: str, uri: str, reason: str, rank: Optional[int] = None) -> None:
     """The launcher's word on a failed job: the first failure, which rank, where, how.
 
@@ -207,13 +198,6 @@ def _forget_failure(client, run_id: str) -> None:
     """A resumed run is running again: the last attempt's reason no longer applies."""
     if "failure_reason" in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, "failure_reason")
-
-
-def _create_run(client, spec: JobSpec, ctx) -> str:
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or spec.experiment
-    tags = {"harness.job": spec.job, **ctx.slurm.tags(),
-            **source_tags(spec.spec_path, "JOB" if ctx.slurm.in_step else "LOCAL")}
-    return create_run(client, name, spec.name, tags)
 
 
 # MLflow 3's UI shows experiments of this kind as model training, not GenAI.

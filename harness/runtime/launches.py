@@ -1,10 +1,11 @@
 """Writing a launch: the run created, the manifest written, before any process starts.
 
-Every verb that trains goes through here: ``run`` (``local``), ``render`` and ``submit``
-(``render_batch`` / ``submit_batch``), and the sweeps and scaling runs, which add a group and
-a parent run.  A launch folder is ``runs/<name>/launches/<digest>/``: the digest is the launch's
-content without its run ids, so ``harness render`` and ``harness submit`` of the same job name
-the same folder and print the same script.
+``run`` (``local``), ``render`` and ``submit`` (``render_batch`` / ``submit_batch``, which
+each size of a scaling run on SLURM uses too) write their launches here; the sweeps and local
+scaling runs write one manifest for their group (harness/group/).  A launch folder is
+``runs/<name>/launches/<digest>/``: the digest is the launch's content without its run ids, so
+``harness render`` and ``harness submit`` of the same job name the same folder and print the
+same script.
 """
 from __future__ import annotations
 
@@ -24,19 +25,17 @@ def launch_folder(spec: JobSpec, launch: Manifest) -> Path:
     return (Path.cwd() / "runs" / spec.name / "launches" / launch_manifest.digest(launch)).resolve()
 
 
-def local(spec: JobSpec, processes: int, resume: bool, resume_run_id: Optional[str] = None,
-          group: Optional[dict] = None, options: Optional[dict] = None, tags: Mapping = (),
-          parent_run_id: Optional[str] = None, run_id: Optional[str] = None,
-          verb: str = "run", uri: Optional[str] = None) -> Manifest:
-    """A written manifest for ``processes`` local processes, its run created (or the resumed
-    one, or ``run_id`` made by the caller).  ``uri``: where tracking goes, if the caller has
-    already asked (``tracking.run.launch_uri``)."""
+def local(spec: JobSpec, processes: int, resume: bool, run_id: Optional[str] = None,
+          uri: Optional[str] = None) -> Manifest:
+    """``harness run``: a written manifest for ``processes`` local processes and its run
+    (``run_id``, the resumed one, else a new one).  ``uri``: where tracking goes, if the caller
+    has already asked (``tracking.run.launch_uri``)."""
     from tracking.run import create_job_run, launch_uri
     uri = launch_uri(spec) if uri is None else uri
     if uri and run_id is None:
-        run_id = resume_run_id or create_job_run(spec, "LOCAL", "RUNNING", tags, parent_run_id)
-    launch = launch_manifest.new(verb, [Point(0, spec, run_id if uri else None)],
-                                 Layout(processes), uri, resume, group, options)
+        run_id = create_job_run(spec, "LOCAL", "RUNNING")
+    launch = launch_manifest.new("run", [Point(0, spec, run_id if uri else None)],
+                                 Layout(processes), uri, resume)
     return launch_manifest.write(launch, launch_folder(spec, launch))
 
 
@@ -95,7 +94,8 @@ def submit_batch(spec: JobSpec, cluster, uri: str, estimate, extra: Mapping, dry
     (SCHEDULED until the job starts), the manifest and ``sbatch``.  The job id, None for a dry
     run.  Nothing stays written when SLURM refuses."""
     from slurm import submit as slurm_submit
-    from tracking.run import create_job_run, delete_runs, tag_run
+    from tracking.run import create_job_run, tag_run
+    from tracking.runs import RunStore
     launch = batch_manifest(spec, batch_uri(spec), group, options)
     folder = launch_folder(spec, launch)
     sub = slurm_submit.prepare(spec, cluster, uri, estimate, extra,
@@ -114,7 +114,7 @@ def submit_batch(spec: JobSpec, cluster, uri: str, estimate, extra: Mapping, dry
         job_id = slurm_submit.queue_script(sub, written.path, sbatch_args=sbatch_args)
     except BaseException:
         if created:
-            delete_runs(launch.tracking_uri, [created])
+            RunStore(launch.tracking_uri).delete_runs([created])
         if not existed:
             launch_manifest.discard(folder)
         raise

@@ -46,10 +46,6 @@ class Layout:
     processes: int
     nodes: int = 1
 
-    @property
-    def per_node(self) -> int:
-        return max(1, self.processes // max(1, self.nodes))
-
 
 @dataclass(frozen=True)
 class Point:

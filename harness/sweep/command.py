@@ -55,13 +55,11 @@ def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
     parent, children = runs.open_runs(plan, "local", {"sweep.max_parallel": at_once,
                                                       "sweep.processes_per_point": req.processes})
     parent.close()
-    manifest = planning.freeze_points(plan, children, parent.run_id, tracking_uri(), "local",
-                                      req.processes)
+    launch = planning.write_launch(plan, children, parent.run_id, tracking_uri(), "local",
+                                   req.processes)
     points_file = plan.folder / "points.json"
-    print(f"sweep: parent run {parent.run_id} at {tracking_uri()}; launch {manifest}", flush=True)
+    print(f"sweep: parent run {parent.run_id} at {tracking_uri()}; launch {launch.path}", flush=True)
     from harness.runtime.prepare import prepare_launch
-    from harness.spec import manifest as launch_manifest
-    launch = launch_manifest.read(manifest)
     prepare_launch(launch)  # once per data section: points side by side would all fill one cache
     try:
         codes = local.run_points(launch, at_once, plan.folder, gpus)
@@ -84,11 +82,11 @@ def submit_array(req: SweepRequest, plan: planning.Plan) -> int:
     parent, children = runs.open_runs(plan, "slurm", {"sweep.max_parallel": req.max_parallel or "none"})
     try:
         r = plan.base.resources
-        manifest = planning.freeze_points(plan, children, parent.run_id, uri, "slurm",
-                                          r.nodes * r.gpus_per_node, r.nodes)
+        launch = planning.write_launch(plan, children, parent.run_id, uri, "slurm",
+                                       r.nodes * r.gpus_per_node, r.nodes)
         points_file = plan.folder / "points.json"
         array_id, summary_id = cluster.submit(plan, slurm_cluster, uri, req.sbatch,
-                                              req.max_parallel, manifest)
+                                              req.max_parallel, launch.path)
     except BaseException:
         runs.discard(parent, children)  # SLURM refused: nothing half-written stays
         shutil.rmtree(plan.folder, ignore_errors=True)

@@ -79,10 +79,10 @@ def print_points(plan: Plan) -> None:
         print(f"  {p.index:>{width}}  {p.name}", flush=True)
 
 
-def freeze_points(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, where: str,
-                  processes: int, nodes: int = 1) -> Path:
-    """The launch manifest every point trains from, and the points file the summary reads; the
-    manifest's path."""
+def write_launch(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, where: str,
+                 processes: int, nodes: int = 1) -> launch_manifest.Manifest:
+    """The launch manifest every point trains from (returned, written), and the points file the
+    summary reads."""
     plan.folder.mkdir(parents=True, exist_ok=True)
     points = [launch_manifest.Point(p.index, p.spec, run_ids[p.index], p.name, p.values)
               for p in plan.points]
@@ -98,4 +98,4 @@ def freeze_points(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, where
         "log_scale": [r.key for r in plan.space.ranges if r.log], "epochs": plan.base.training.epochs,
         "where": where, "processes": processes, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "points": entries})
-    return launch.path
+    return launch
