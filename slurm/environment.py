@@ -1,16 +1,12 @@
-"""A read-only view of the SLURM variables a job step sees, cross-checked with Horovod.
-
-A Gloo-only Horovod started by ``srun`` gives every task size 1: N separate
-trainings that each think they are alone.  ``cross_check`` turns that (and a
-rank/GPU mapping mix-up) into a loud failure with a hint.
-"""
+"""A read-only view of the SLURM variables a job step sees: the job, its array task, its
+restarts, and the step's tasks (harness/runtime/cluster_env.py reads a process's rank from it,
+and from whichever launcher started it)."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from harness.errors import RunFailed
 
 
 def _int(env: Mapping[str, str], key: str) -> Optional[int]:
@@ -55,21 +51,6 @@ class SlurmEnvironment:
     def in_step(self) -> bool:
         """True inside an srun job step (tasks known), not merely inside an allocation."""
         return self.job_id is not None and self.ntasks is not None and self.procid is not None
-
-    def cross_check(self, size: int, local_rank: int) -> None:
-        """Fail with a hint when Horovod's view disagrees with SLURM's."""
-        if not self.in_step:
-            return
-        if size != self.ntasks:
-            raise RunFailed(
-                f"hvd.size()={size} but SLURM_NTASKS={self.ntasks}: the processes did not join "
-                "one Horovod job. HINT: launch with srun --mpi=pmix and a Horovod built with MPI "
-                "(horovodrun --check-build shows [X] MPI), or with horovodrun inside the allocation")
-        if self.localid is not None and local_rank != self.localid:
-            raise RunFailed(
-                f"hvd.local_rank()={local_rank} but SLURM_LOCALID={self.localid}: ranks are mapped "
-                "to nodes differently from SLURM's tasks. HINT: use --ntasks-per-node equal to the "
-                "GPUs per node and do not mix srun and mpirun")
 
     def tags(self) -> dict:
         """MLflow tags for the run (only the ones that are set)."""

@@ -108,29 +108,42 @@ def _environment(template_dir: Path) -> jinja2.Environment:
 def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
                   manifest: Path, tracking_uri: str = "",
                   workdir: Path | None = None, extra: Mapping[str, Optional[str]] = (),
-                  array: Optional[JobArray] = None) -> str:
-    """The script that trains the launch ``manifest`` (its point, or with ``array`` the point each
-    task's index names); the job runs in ``workdir`` (default: the repository) with ``repo``'s
-    venv.  The manifest says resume: a requeued job continues its checkpoint."""
+                  array: Optional[JobArray] = None, index: Optional[int] = None) -> str:
+    """The script that trains the launch ``manifest``: its point ``index`` (default: the only
+    one), or with ``array`` the point each task's index names.  The job runs in ``workdir``
+    (default: the repository) with ``repo``'s venv.  The manifest says resume: a requeued job
+    continues its checkpoint."""
     options = sbatch_options(spec, cluster, log_dir, workdir or repo, extra, array)
     _, part = cluster.partition(spec.resources.partition)
     python = venv_python(spec.training.engine, repo)
+    r = spec.resources
+    return _render(
+        cluster, spec.spec_path, options, manifest, part,
+        prepare=prepare_command(python, str(manifest), index),
+        horovod=engine_info(spec.training.engine).batch_env, tracking_uri=tracking_uri,
+        shape=(r.nodes * r.gpus_per_node, r.nodes, r.gpus_per_node),
+        launch=launch_command(spec, part.launch, options["cpus-per-task"])
+        + worker_command(python, str(manifest), index),
+        report_failure=failure_command(python, str(manifest), index))
+
+
+def _render(cluster: Cluster, spec_path: str, options: dict, manifest: Path, part: Partition,
+            prepare: list, horovod: Mapping, tracking_uri: str, shape: tuple, launch: list,
+            report_failure: list, summarizes: str = "") -> str:
+    """The cluster's template filled in: every script the harness queues goes through it, so a
+    site's preamble (modules, proxies) reaches each one."""
     template = _environment(cluster.template.parent).get_template(cluster.template.name)
+    tasks, nodes, per_node = shape
     return template.render(
-        spec_path=spec.spec_path, cluster=cluster.name, options=sorted(options.items()),
-        manifest=str(manifest), prepare=prepare_command(python, str(manifest)),
-        preamble=cluster.preamble,
+        spec_path=spec_path, cluster=cluster.name, options=sorted(options.items()),
+        manifest=str(manifest), prepare=prepare, preamble=cluster.preamble, summarizes=summarizes,
         env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": options["cpus-per-task"],
              "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
              preemption.MAX_REQUEUES_ENV: str(part.max_requeues), **cpu_partition_env(part)},
-        nccl=part.nccl or {}, horovod=engine_info(spec.training.engine).batch_env,
+        nccl=part.nccl or {}, horovod=horovod,
         tracking={"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {},
-        tasks=spec.resources.nodes * spec.resources.gpus_per_node, nodes=spec.resources.nodes,
-        per_node=spec.resources.gpus_per_node,
-        launch=launch_command(spec, part.launch, options["cpus-per-task"])
-        + worker_command(python, str(manifest)),
-        requeue_tail=preemption.requeue_tail(
-            " ".join(map(shlex.quote, failure_command(python, str(manifest))))))
+        tasks=tasks, nodes=nodes, per_node=per_node, launch=launch,
+        requeue_tail=preemption.requeue_tail(" ".join(map(shlex.quote, report_failure))))
 
 
 def cpu_partition_env(part: Partition) -> dict:
@@ -150,18 +163,22 @@ def parse_sbatch_options(script: str) -> dict:
     return options
 
 
-def render_summary_script(name: str, partition: str, log_dir: Path, workdir: Path, python: str,
-                          sweep_folder: Path, tracking_uri: str,
-                          site: Mapping[str, Optional[str]] = ()) -> str:
-    """The one-core job that summarizes a sweep once its array has ended (afterany)."""
-    options = {**dict(site), "job-name": f"{name}-sweep-summary", "partition": partition,
+def render_summary_script(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
+                          workdir: Path, group_folder: Path, tracking_uri: str,
+                          extra: Mapping[str, Optional[str]] = ()) -> str:
+    """The one-core job that summarizes a sweep once its array has ended (afterany), through
+    the same template as the training jobs.  Of the site's options it keeps where a job may run
+    (account, QOS, reservation, constraint), not the training job's resources."""
+    partition, part = cluster.partition(spec.resources.partition)
+    site = {k: v for k, v in extra_options.merged(cluster.sbatch_options(partition),
+                                                   dict(extra)).items()
+            if k in ("account", "qos", "reservation", "constraint")}
+    options = {**site, "job-name": f"{spec.name}-sweep-summary", "partition": partition,
                "ntasks": "1", "cpus-per-task": "1", "mem": "2G", "time": "00:15:00",
                "chdir": str(workdir), "output": str(log_dir / "%x-%j.out"),
-               "open-mode": "append"}
-    lines = ["#!/bin/bash", f"# Summarizes sweep {sweep_folder.name} when its points have ended."]
-    lines += [f"#SBATCH --{k}" + ("" if v is None else f"={shlex.quote(str(v))}")
-              for k, v in sorted(options.items())]
-    lines += ["set -euo pipefail", _exports({"MLFLOW_TRACKING_URI": tracking_uri}) if tracking_uri else "",
-              " ".join(map(shlex.quote, [python, "-m", "harness.cli", "sweep", "--summarize",
-                                         str(sweep_folder)]))]
-    return "\n".join(line for line in lines if line) + "\n"
+               "open-mode": "append"}  # no harness comment: `harness status` shows the sweep
+    python = venv_python(spec.training.engine, repo)
+    return _render(cluster, spec.spec_path, options, group_folder / "launch.json", part,
+                   prepare=[], horovod={}, tracking_uri=tracking_uri, shape=(1, 1, 1),
+                   launch=[python, "-m", "harness.cli", "sweep", "--summarize", str(group_folder)],
+                   report_failure=[], summarizes=str(group_folder))

@@ -7,7 +7,6 @@ the job's logs only once SLURM has accepted the job.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -154,24 +153,23 @@ def accepted_by_slurm(sub: Submission) -> None:
                         f"{sub.partition}: {refused}")
 
 
-def queue_script(sub: Submission, manifest: Path, env: Optional[dict] = None,
-                 sbatch_args: Sequence[str] = ()) -> str:
+def queue_script(sub: Submission, manifest: Path) -> str:
     """Queue the job (its launch is written); keep its script and record beside the logs."""
     sub.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM opens the logs here
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as scratch:
         pending = Path(scratch) / f"{sub.spec.name}.sbatch"
         pending.write_text(sub.script)
-        job_id = queue(pending, env, sbatch_args)
+        job_id = queue(pending)
         script = sub.log_dir / f"{sub.spec.name}-{job_id}.sbatch"
         shutil.move(pending, script)
     record(sub, job_id, script, manifest)
     return job_id
 
 
-def queue(script: Path, env: Optional[dict] = None, sbatch_args: Sequence[str] = ()) -> str:
-    """`sbatch --parsable`; ``env`` is added to what the job inherits (sbatch exports ALL)."""
+def queue(script: Path, sbatch_args: Sequence[str] = ()) -> str:
+    """`sbatch --parsable [ARGS] SCRIPT`: the job id."""
     done = subprocess.run(["sbatch", "--parsable", *sbatch_args, str(script)], capture_output=True,
-                          text=True, env=dict(os.environ, **(env or {})))
+                          text=True)
     if done.returncode != 0:
         raise UserError(f"sbatch refused the job: {_sbatch_reason(done)}")
     return done.stdout.strip().split(";")[0]  # "id" or "id;cluster"

@@ -195,3 +195,49 @@ def test_the_engine_check_catches_a_branch(tmp_path):
         "    return spec.engine in ('horovod', 'other')\n")
     assert engine_branches(tmp_path) == ["slurm.render:2 compares with an engine's name",
                                          "slurm.render:4 compares with an engine's name"]
+
+
+# --------------------------------------------------------------------------- one cluster environment
+
+PLACEMENT_OWNERS = {"harness.runtime.cluster_env", "slurm.environment"}
+# The variables that say where a process sits; TF_CONFIG is written by the local launcher
+# (harness.runtime.launcher) and read only by the cluster environment.
+PLACEMENT_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "HOROVOD_RANK",
+                       "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "OMPI_COMM_WORLD", "PMIX_RANK",
+                       "PMI_SIZE")
+
+
+def placement_reads(root: Path = REPO) -> list[str]:
+    """Modules other than the cluster environment that name a rank variable, or read TF_CONFIG."""
+    found = []
+    for folder in ("harness", "slurm", "tracking"):
+        for path in sorted((root / folder).rglob("*.py")):
+            module = module_name(path, root)
+            if module in PLACEMENT_OWNERS:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
+                        v in node.value for v in PLACEMENT_VARIABLES):
+                    found.append(f"{module}:{node.lineno} names {node.value!r}")
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("get", "getenv") and node.args
+                        and isinstance(node.args[0], ast.Constant) and node.args[0].value == "TF_CONFIG"):
+                    found.append(f"{module}:{node.lineno} reads TF_CONFIG")
+    return found
+
+
+def test_only_the_cluster_environment_reads_where_a_process_is():
+    assert placement_reads() == []
+
+
+def test_the_placement_check_catches_a_second_reader(tmp_path):
+    for name, text in {
+        "harness/runtime/trainer.py": "import os\nrank = int(os.environ['OMPI_COMM_WORLD_RANK'])\n",
+        "harness/runtime/tf_engine.py": "import os, json\ncfg = json.loads(os.environ.get('TF_CONFIG'))\n",
+        "harness/runtime/launcher.py": "env = dict(TF_CONFIG='{}')\n",  # writing it is the launcher's job
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert placement_reads(tmp_path) == [
+        "harness.runtime.tf_engine:2 reads TF_CONFIG",
+        "harness.runtime.trainer:2 names 'OMPI_COMM_WORLD_RANK'"]

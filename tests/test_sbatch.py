@@ -109,6 +109,51 @@ def test_site_preamble_and_options_from_profile_spec_and_cli(tmp_path):
         i for i, line in enumerate(lines) if line.startswith("srun "))
 
 
+def test_the_sweep_summary_job_goes_through_the_site_template(tmp_path):
+    """Its preamble (modules, proxies) and where it may run reach the summary job too; not the
+    training job's resources."""
+    from slurm.render import render_summary_script
+    cluster = load_cluster(str(_profile(tmp_path, (
+        "preamble: |\n  module load python/3.11\nsbatch:\n  account: cbpf\n  exclusive: null\n"))))
+    spec = load_spec(REPO / "jobs" / "diabetes_mlp.yaml", ["resources.gpus_per_node=4"])
+    folder = Path("/scratch/runs/diabetes_mlp/sweeps/s-1")
+    script = render_summary_script(spec, cluster, Path("/opt/h"), Path("/l"), Path("/w"), folder,
+                                   "http://head:5000", {"qos": "short"})
+    opts = parse_sbatch_options(script)
+    assert opts["account"] == "cbpf" and opts["qos"] == "short" and "exclusive" not in opts
+    assert opts["ntasks"] == "1" and opts["cpus-per-task"] == "1" and "gres" not in opts
+    lines = script.splitlines()
+    summarize = next(i for i, line in enumerate(lines) if "--summarize" in line)
+    assert lines[summarize] == f"/opt/h/.venv/bin/python -m harness.cli sweep --summarize {folder} &"
+    assert lines.index("set -euo pipefail") < lines.index("module load python/3.11") < summarize
+    assert "export MLFLOW_TRACKING_URI=http://head:5000" in lines
+    assert "srun" not in script and "harness.runtime.prepare" not in script
+
+
+def test_a_group_of_different_shapes_is_one_job_per_point_with_its_index(tmp_path):
+    """A scaling run's sizes: each its own script, its own resources, and --index on every
+    command that reads the manifest; one shape (a sweep): one array, no index."""
+    from harness.group import cluster as group_cluster
+    from harness.spec import manifest
+    points = [manifest.Point(i, load_spec(REPO / "jobs" / "lensfinder_cnn.yaml",
+                                          [f"resources.gpus_per_node={n}", "resources.nodes=1"]),
+                             None, f"N={n}", {}, manifest.Layout(n)) for i, n in enumerate((1, 2))]
+    launch = manifest.new("scale", points, manifest.Layout(1), "http://head:5000", True)
+    path = tmp_path / "launch.json"
+    jobs = group_cluster.render(launch, path, LARS, {}, None)
+    assert [j.index for j in jobs] == [0, 1]
+    for job, n in zip(jobs, (1, 2)):
+        opts = parse_sbatch_options(job.script)
+        assert opts["ntasks-per-node"] == str(n) and "array" not in opts
+        for module in ("worker", "prepare", "failure"):
+            assert f"-m harness.runtime.{module} --manifest {path} --index {job.index}" in job.script
+    same = manifest.new("sweep", [points[1], dataclasses.replace(points[1], index=1)],
+                        manifest.Layout(2), "", True)
+    [array] = group_cluster.render(same, path, LARS, {}, 1)
+    assert array.index is None and parse_sbatch_options(array.script)["array"] == "0-1%1"
+    assert "--index" not in array.script
+
+
 def test_a_site_template_replaces_the_script(tmp_path):
     (tmp_path / "container.sh.j2").write_text(
         "#!/bin/bash\n{% for k, v in options %}#SBATCH --{{ k }}{{ '' if v is none else '=' ~ (v | quote) }}\n"

@@ -1,12 +1,18 @@
-"""SLURM cross-check and the launcher's reading of horovodrun's output."""
+"""Where a process is (every launcher's variables, the cross-check) and the launcher's reading
+of horovodrun's output."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
 import socket
+import sys
 
 import pytest
 
 from harness.errors import RunFailed
+from harness.runtime.cluster_env import ClusterEnvironment
 from harness.runtime.launcher import FailureReport, launch_command, relay
 from slurm.environment import SlurmEnvironment
 
@@ -22,13 +28,47 @@ def test_slurm_environment_reads_variables_once():
 
 
 def test_gloo_only_horovod_under_srun_fails_loudly():
-    with pytest.raises(RunFailed, match=r"hvd.size\(\)=1 but SLURM_NTASKS=4.*HINT"):
-        SlurmEnvironment.from_env(STEP).cross_check(size=1, local_rank=0)
-    with pytest.raises(RunFailed, match="SLURM_LOCALID=1"):
-        SlurmEnvironment.from_env(STEP).cross_check(size=4, local_rank=0)
-    assert SlurmEnvironment.from_env(STEP).cross_check(size=4, local_rank=1) is None  # agrees
-    outside = SlurmEnvironment.from_env({})
-    assert not outside.in_step and outside.cross_check(size=1, local_rank=0) is None
+    """A Gloo-only Horovod started by srun: every task is its own job of size 1."""
+    placement = ClusterEnvironment.detect(STEP)
+    assert (placement.launcher, placement.rank, placement.size, placement.local_rank) == ("srun", 1, 4, 1)
+    with pytest.raises(RunFailed, match=r"joined 1 process\(es\) but SLURM_NTASKS=4 \(srun\).*HINT"):
+        placement.cross_check(rank=0, size=1, local_rank=0)
+    with pytest.raises(RunFailed, match="SLURM_PROCID=1, SLURM_LOCALID=1"):
+        placement.cross_check(rank=1, size=4, local_rank=0)
+    assert placement.cross_check(rank=1, size=4, local_rank=1) is None  # agrees
+    alone = ClusterEnvironment.detect({})
+    assert (alone.launcher, alone.size) == ("single", 1) and not alone.under_slurm
+    assert alone.cross_check(rank=0, size=1, local_rank=0) is None
+
+
+def test_the_innermost_launcher_answers_where_a_process_is():
+    """mpirun (or horovodrun) inside a job step: every rank inherits the step's SLURM_LOCALID=0,
+    and the launcher that started the process knows better."""
+    mpirun = dict(STEP, SLURM_LOCALID="0", OMPI_COMM_WORLD_RANK="3", OMPI_COMM_WORLD_SIZE="4",
+                  OMPI_COMM_WORLD_LOCAL_RANK="1", OMPI_COMM_WORLD_LOCAL_SIZE="2")
+    placement = ClusterEnvironment.detect(mpirun)
+    assert (placement.launcher, placement.rank, placement.local_rank, placement.local_size) == (
+        "mpirun", 3, 1, 2)
+    assert placement.mpi_world and placement.under_slurm and placement.slurm.job_id == "42"
+    horovodrun = {"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", "HOROVOD_LOCAL_RANK": "1",
+                  "HOROVOD_LOCAL_SIZE": "2"}
+    placement = ClusterEnvironment.detect(horovodrun)
+    assert (placement.launcher, placement.rank, placement.size) == ("horovodrun", 1, 2)
+    assert not placement.mpi_world and not placement.under_slurm
+
+
+def test_tf_config_workers_on_one_host_are_one_node():
+    config = {"cluster": {"worker": ["nodeA:2000", "nodeA:2001", "nodeB:2000"]},
+              "task": {"type": "worker", "index": 1}}
+    placement = ClusterEnvironment.detect({"TF_CONFIG": json.dumps(config)})
+    assert (placement.launcher, placement.rank, placement.size) == ("tf_config", 1, 3)
+    assert (placement.local_rank, placement.local_size) == (1, 2)
+    config["task"]["index"] = 2
+    third = ClusterEnvironment.detect({"TF_CONFIG": json.dumps(config)})
+    assert (third.local_rank, third.local_size) == (0, 1)
+    # `harness run --np 3` inside a batch job: the launcher's TF_CONFIG, not the batch step's
+    inside = ClusterEnvironment.detect(dict(STEP, TF_CONFIG=json.dumps(config)))
+    assert (inside.launcher, inside.rank, inside.size) == ("tf_config", 2, 3) and inside.under_slurm
 
 
 def test_relay_strips_rank0_prefix_and_names_other_ranks():
@@ -131,3 +171,45 @@ def test_the_first_rank_srun_reports_is_named_as_the_local_launcher_names_it():
     assert first_failed_task("srun: error: n1: tasks 2-3: Exited with exit code 3\n") == (
         2, "n1", "exit code 3")
     assert first_failed_task("no srun errors here\n") is None
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_the_supervisor_stops_a_rank_that_ignores_sigterm_and_names_the_one_that_failed(
+        capsys, monkeypatch):
+    """The tf engine's shape: one child per rank.  Rank 1 fails once rank 0 is stuck in
+    something that ignores SIGTERM (as a collective with a dead peer does); rank 0 never ends
+    by itself, so nothing here races the clock."""
+    from harness.runtime import launcher
+    monkeypatch.setattr(launcher, "STOP_GRACE_S", 0.5)
+    stuck = ("import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             "print('epoch 1/3', flush=True); signal.pause()")
+    fails = "import sys; print('about to fail', flush=True); sys.exit(3)"
+    env = dict(os.environ)
+    code = launcher.Supervisor([launcher.Child(_py(stuck), env, 0),
+                                launcher.Child(_py(fails), env, 1)]).run(None)
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "epoch 1/3" in out.splitlines() and "[rank 1] about to fail" in out.splitlines()
+    assert re.fullmatch(rf"run failed: rank 1 on {re.escape(socket.gethostname())} failed first "
+                        r"\(exit code 3\); the other ranks were stopped within \d+\.\d s\n", err), err
+
+
+def test_the_supervisor_reads_the_failed_rank_from_horovodruns_report(capsys):
+    """horovodrun's shape: one child whose lines carry rank prefixes and whose closing report
+    names the rank that failed first."""
+    from harness.runtime import launcher
+    horovodrun = ("import sys\n"
+                  "print('[0]<stdout>:epoch 1/3', flush=True)\n"
+                  "print('[1]<stderr>:MemoryError', flush=True)\n"
+                  "print('Traceback (most recent call last):')\n"
+                  "print('RuntimeError: Horovod detected that one or more processes exited')\n"
+                  "print('Process name: 1'); print('Exit code: 137'); sys.exit(1)")
+    code = launcher.Supervisor([launcher.Child(_py(horovodrun), dict(os.environ), None)]).run(None)
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.splitlines() == ["epoch 1/3", "[rank 1] MemoryError"]
+    assert err.strip() == (f"run failed: rank 1 on {socket.gethostname()} failed first (killed "
+                           "by signal 9); the other ranks were stopped")

@@ -234,31 +234,42 @@ HOLD_MAX_S = 600.0
 
 
 class HoldPoint(tf.keras.callbacks.Callback):
-    """Holds every rank after epoch K (``HARNESS_HOLD_AFTER_EPOCH``) until a stop signal arrives
-    or the file ``HARNESS_HOLD_RELEASE`` appears: a test that preempts or cancels a job acts at
-    a point it controls instead of racing the job to its end.  The line "hold: after epoch K"
-    says the job is there.  Runs last, after the epoch's line and checkpoint; the guard then
-    agrees at the very next batch, so the stop lands in epoch K+1 on every rank.
+    """Holds every rank after epoch K (``HARNESS_HOLD_AFTER_EPOCH``; several: ``5,20``) until a
+    stop signal arrives or the file ``HARNESS_HOLD_RELEASE`` says so: a test that preempts,
+    cancels or cuts the tracking server acts at a point it controls instead of racing the job
+    to its end.  An empty release file releases every hold; one holding a number releases the
+    holds up to that epoch.  The line "hold: after epoch K" says the job is there.  Runs last,
+    after the epoch's line and checkpoint; the guard then agrees at the very next batch, so the
+    stop lands in epoch K+1 on every rank.
     """
 
-    def __init__(self, epoch: int, release: str, guard: Optional[PreemptionGuard], chief: bool):
+    def __init__(self, epochs, release: str, guard: Optional[PreemptionGuard], chief: bool):
         super().__init__()
-        self.epoch, self.release, self.guard, self.chief = epoch, release, guard, chief
+        self.epochs = {epochs} if isinstance(epochs, int) else set(epochs)
+        self.release, self.guard, self.chief = release, guard, chief
 
     @classmethod
     def from_env(cls, env, guard, chief: bool) -> Optional["HoldPoint"]:
-        value = env.get(HOLD_AFTER_EPOCH_ENV, "")
-        return cls(int(value), env.get(HOLD_RELEASE_ENV, ""), guard, chief) if value.isdigit() else None
+        values = [v for v in env.get(HOLD_AFTER_EPOCH_ENV, "").split(",") if v.strip().isdigit()]
+        return cls([int(v) for v in values], env.get(HOLD_RELEASE_ENV, ""), guard, chief) \
+            if values else None
+
+    def released(self, epoch: int) -> bool:
+        try:
+            text = Path(self.release).read_text().strip() if self.release else None
+        except OSError:
+            return False
+        return text is not None and (not text.isdigit() or int(text) >= epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 != self.epoch:
+        if epoch + 1 not in self.epochs:
             return
         if self.chief:
-            print(f"hold: after epoch {self.epoch}, until a signal"
+            print(f"hold: after epoch {epoch + 1}, until a signal"
                   + (f" or {self.release}" if self.release else ""), flush=True)
         deadline = time.monotonic() + HOLD_MAX_S
         while not (preemption.requested() or time.monotonic() > deadline
-                   or (self.release and Path(self.release).exists())):
+                   or self.released(epoch + 1)):
             time.sleep(0.05)
         if self.guard is not None:
             self.guard.check_at_next_batch()

@@ -1,4 +1,5 @@
-"""Per-process start-up: join the engine's job, check SLURM agrees, pin a device, seed everything."""
+"""Per-process start-up: join the engine's job, check the launcher agrees, pin a device, seed
+everything."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import numpy as np
 
 from harness.engines import DEFAULT as DEFAULT_ENGINE
 from harness.runtime.engine import Engine, load
+from harness.runtime.cluster_env import ClusterEnvironment
 from slurm.environment import SlurmEnvironment
 
 
@@ -51,16 +53,16 @@ def init_process(seed: int, engine_name: str = DEFAULT_ENGINE) -> ProcessContext
     import tensorflow as tf
 
     engine: Engine = load(engine_name)
-    rank, size, local_rank, local_size, device = engine.join(_pin_device)
+    placement = ClusterEnvironment.detect()
+    rank, size, local_rank, local_size, device = engine.join(_pin_device, placement)
     tf.get_logger().setLevel("ERROR")  # Keras's "callback is slow" warning fires on the broadcast step
-    slurm = SlurmEnvironment.from_env()
-    slurm.cross_check(size, local_rank)
+    placement.cross_check(rank, size, local_rank)
     # Same seed on every rank: identical initial weights even before the broadcast.
     tf.keras.utils.set_random_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     hosts = tuple(sorted(set(engine.allgather_object(socket.gethostname()))))
     return ProcessContext(rank=rank, size=size, local_rank=local_rank, local_size=local_size,
-                          device=device, slurm=slurm, hosts=hosts, engine=engine)
+                          device=device, slurm=placement.slurm, hosts=hosts, engine=engine)
 
 
 def trainable_fingerprints(model, engine: Engine) -> list[str]:

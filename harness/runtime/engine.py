@@ -11,9 +11,12 @@ per epoch; gradients travel inside the engine's compiled step.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from harness.runtime.cluster_env import ClusterEnvironment
 
 
 class Engine(Protocol):
@@ -21,8 +24,10 @@ class Engine(Protocol):
     checkpoint_kind: str  # "tf.train" (TensorFlow checkpoint files) or "arrays" (npz)
 
     # --- processes
-    def join(self, pin_device: Callable[[int], str]) -> tuple[int, int, int, int, str]:
-        """Join the job: (rank, size, local_rank, local_size, device)."""
+    def join(self, pin_device: Callable[[int], str],
+             placement: "ClusterEnvironment") -> tuple[int, int, int, int, str]:
+        """Join the job its launcher started (``placement`` says which and where this process
+        is): (rank, size, local_rank, local_size, device) as the engine itself sees them."""
 
     def allgather_object(self, obj: Any) -> list: ...
     def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...

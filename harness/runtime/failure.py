@@ -61,11 +61,12 @@ def main(argv=None) -> int:
     from slurm.environment import SlurmEnvironment
     parser = argparse.ArgumentParser(prog="harness.runtime.failure")
     parser.add_argument("--manifest", required=True)
+    parser.add_argument("--index", type=int, default=None)
     parser.add_argument("--status", default="")
     args = parser.parse_args(argv)
     slurm = SlurmEnvironment.from_env()
     launch = launch_manifest.read(Path(args.manifest))
-    point = launch.point(point_index(None, slurm, len(launch.points)))
+    point = launch.point(point_index(args.index, slurm, len(launch.points)))
     path = job_stderr(os.environ.get("SLURM_JOB_ID", ""))
     found = first_failed_task(path.read_text(errors="replace")) if path and path.is_file() else None
     if found is None or not (point.run_id and launch.tracking_uri):

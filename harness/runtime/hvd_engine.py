@@ -28,8 +28,8 @@ class HorovodEngine:
         return {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built()),
                 "controller": "mpi" if hvd.mpi_enabled() else "gloo"}
 
-    def join(self, pin_device):
-        hvd.init()
+    def join(self, pin_device, placement):
+        hvd.init()  # horovodrun's or MPI's world; init_process checks it against ``placement``
         device = pin_device(hvd.local_rank())
         return hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), device
 

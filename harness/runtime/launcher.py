@@ -1,11 +1,10 @@
 """Start N local training processes and watch them (``harness run``, local sweeps and scaling).
 
 One process runs the worker directly.  With the Horovod engine more go through
-``horovodrun --gloo``, which stops every process as soon as one fails; with the tf
-engine the launcher starts the N workers itself, each with its ``TF_CONFIG``, and
-stops the others as soon as one fails.  Either way it relays rank 0's lines as
-they come (other ranks' lines with a ``[rank N]`` prefix) and says in one line
-which rank failed first.
+``horovodrun --gloo`` (its rendezvous joins them); with the tf engine the launcher starts the N
+workers itself, each with its ``TF_CONFIG``.  One supervisor watches either: it relays rank 0's
+lines as they come (other ranks' lines with a ``[rank N]`` prefix), stops every process as soon
+as one fails, handles Ctrl-C, and says in one line which rank failed first.
 """
 from __future__ import annotations
 
@@ -77,8 +76,9 @@ class FailureReport:
         return sentence(self.rank, socket.gethostname(), how)
 
 
-def relay(line: str, report: FailureReport, out=sys.stdout) -> None:
+def relay(line: str, report: FailureReport, out=None) -> None:
     """Print a process's line: rank 0 as is, other ranks prefixed, horovodrun's own as is."""
+    out = out or sys.stdout
     m = _PREFIX.match(line)
     if m is None:
         report.feed(line)
@@ -105,8 +105,11 @@ def run_processes(processes: int, worker: list[str], controller: str = "gloo",
     ``run`` (run id, tracking URI): the MLflow run that is told which rank failed first."""
     env = dict(worker_env(), **(extra_env or {}))
     if engines.info(engine).local_join == "tf_config" and processes > 1:
-        return _watch_workers(worker, tf_worker_envs(processes, env), run)
-    return _watch(launch_command(processes, worker, controller), env, run)
+        children = [Child(worker, worker_envs, rank)
+                    for rank, worker_envs in enumerate(tf_worker_envs(processes, env))]
+    else:  # horovodrun starts the ranks (or one process runs alone) and prefixes their lines
+        children = [Child(launch_command(processes, worker, controller), env, None)]
+    return Supervisor(children).run(run)
 
 
 def free_ports(count: int) -> list[int]:
@@ -129,76 +132,106 @@ def tf_worker_envs(processes: int, env: dict) -> list[dict]:
             for i in range(processes)]
 
 
-STOP_GRACE_S = 5.0  # after a worker fails, the others get SIGTERM, then SIGKILL after this
+STOP_GRACE_S = 5.0  # after a rank fails, the others get SIGTERM, then SIGKILL after this
+INTERRUPT_GRACE_S = 30.0  # Ctrl-C: time for every rank to mark the run KILLED and exit
 
 
-def _watch_workers(worker: list[str], envs: list[dict], run: Optional[tuple]) -> int:
-    """Start one process per rank, relay their lines, stop them all when one fails."""
-    procs = [subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, start_new_session=True, bufsize=1) for env in envs]
-    lines: queue.Queue = queue.Queue()
-    for rank, proc in enumerate(procs):
-        threading.Thread(target=_pump, args=(rank, proc, lines), daemon=True).start()
-    report, failed_at, stopped = FailureReport(), None, None
-    try:
-        open_streams = len(procs)
+@dataclass(frozen=True)
+class Child:
+    """A process the supervisor starts: one rank (``rank``), or a launcher of ranks whose lines
+    carry a ``[rank]`` prefix and that reports the first failure itself (``rank`` None:
+    horovodrun, or a single process)."""
+    command: list
+    env: dict
+    rank: Optional[int]
+
+
+class Supervisor:
+    """The one local supervisor, for both engines: it starts the children, relays their lines
+    (rank 0's as they are, others' prefixed ``[rank N]``), and when one fails stops the rest
+    (SIGTERM, SIGKILL after STOP_GRACE_S: a rank blocked in a collective with a dead peer ignores
+    SIGTERM) and says in one line which rank failed first.  Ctrl-C stops them all."""
+
+    def __init__(self, children: list[Child]):
+        self.children = children
+        self.report = FailureReport()
+        self.failed_at: Optional[float] = None
+        self.failed_code: Optional[int] = None
+
+    def run(self, run: Optional[tuple]) -> int:
+        procs = [subprocess.Popen(c.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env=c.env, start_new_session=True, bufsize=1)
+                 for c in self.children]
+        lines: queue.Queue = queue.Queue()
+        for i, proc in enumerate(procs):
+            threading.Thread(target=_pump, args=(i, proc, lines), daemon=True).start()
+        try:
+            stopped_s = self._watch(procs, lines)
+        except KeyboardInterrupt:
+            _terminate_all(procs, grace_s=INTERRUPT_GRACE_S)
+            print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
+            return 130
+        if self.failed_at is None:
+            return 0
+        reason = self.report.describe(self.failed_code)
+        if len(procs) > 1:  # the supervisor stopped the others itself: say how fast
+            reason = reason.replace("were stopped", f"were stopped within {stopped_s:.1f} s")
+        print(f"run failed: {reason}", file=sys.stderr, flush=True)
+        record_first_failure(run, reason, self.report.rank)
+        return 1
+
+    def _watch(self, procs: list, lines: queue.Queue) -> float:
+        """Relay lines until every child has ended; seconds from the first failure to the end."""
+        open_streams, stopped_s = len(procs), 0.0
         while open_streams or any(p.poll() is None for p in procs):
             try:
-                rank, line = lines.get(timeout=0.1)
+                child, line = lines.get(timeout=0.1)
                 if line is None:
                     open_streams -= 1
                 else:
-                    print(line if rank == 0 else f"[rank {rank}] {line}", flush=True)
+                    self._relay(self.children[child], line)
             except queue.Empty:
                 pass
-            if failed_at is None:
-                failed_at = _first_failure(procs, report)
-            elif stopped is None:
-                stopped = _stop_others(procs, failed_at)
-    except KeyboardInterrupt:
-        _terminate_all(procs, grace_s=30.0)
-        print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
-        return 130
-    if failed_at is None:
-        return 0
-    if stopped is None:
-        stopped = time.monotonic() - failed_at
-    reason = report.describe(report.code)
-    if stopped is not None:
-        reason = reason.replace("were stopped", f"were stopped within {stopped:.1f} s")
-    print(f"run failed: {reason}", file=sys.stderr, flush=True)
-    record_first_failure(run, reason, report.rank)
-    return 1
+            if self.failed_at is None:
+                self._note_first_failure(procs)
+            elif not stopped_s:
+                stopped_s = self._stop_others(procs)
+        return stopped_s or (time.monotonic() - self.failed_at if self.failed_at else 0.0)
 
+    def _relay(self, child: Child, line: str) -> None:
+        if child.rank is None:
+            relay(line, self.report)
+        else:
+            print(line if child.rank == 0 else f"[rank {child.rank}] {line}", flush=True)
 
-def _pump(rank: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
-    for line in proc.stdout:
-        lines.put((rank, line.rstrip("\n")))
-    lines.put((rank, None))
-
-
-def _first_failure(procs: list, report: FailureReport) -> Optional[float]:
-    """The time the first rank failed (noted in ``report``), None while all are fine."""
-    for rank, proc in enumerate(procs):
-        code = proc.poll()
-        if code not in (None, 0):
-            report.rank, report.code = rank, code
+    def _note_first_failure(self, procs: list) -> None:
+        for child, proc in zip(self.children, procs):
+            code = proc.poll()
+            if code in (None, 0):
+                continue
+            self.failed_at, self.failed_code = time.monotonic(), code
+            if child.rank is not None:  # a launcher child has said which rank in its lines
+                self.report.rank, self.report.code = child.rank, code
             for other in procs:
                 if other.poll() is None:
                     _signal_group(other, signal.SIGTERM)
-            return time.monotonic()
-    return None
+            return
+
+    def _stop_others(self, procs: list) -> float:
+        """Seconds from the first failure until every child had exited (0 while some run)."""
+        if all(p.poll() is not None for p in procs):
+            return time.monotonic() - self.failed_at
+        if time.monotonic() - self.failed_at > STOP_GRACE_S:
+            for proc in procs:
+                if proc.poll() is None:
+                    _signal_group(proc, signal.SIGKILL)
+        return 0.0
 
 
-def _stop_others(procs: list, failed_at: float) -> Optional[float]:
-    """Seconds from the first failure until every rank had exited (None while some run)."""
-    if all(p.poll() is not None for p in procs):
-        return time.monotonic() - failed_at
-    if time.monotonic() - failed_at > STOP_GRACE_S:
-        for proc in procs:  # a rank blocked in a collective with a dead peer ignores SIGTERM
-            if proc.poll() is None:
-                _signal_group(proc, signal.SIGKILL)
-    return None
+def _pump(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
+    for line in proc.stdout:
+        lines.put((index, line.rstrip("\n")))
+    lines.put((index, None))
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -217,31 +250,6 @@ def _terminate_all(procs: list, grace_s: float) -> None:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _signal_group(proc, signal.SIGKILL)
-
-
-def _watch(cmd: list[str], env: dict, run: Optional[tuple]) -> int:
-    report = FailureReport()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True, bufsize=1)
-    try:
-        for line in proc.stdout:
-            relay(line.rstrip("\n"), report)
-        returncode = proc.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C: let every process mark the run KILLED and exit, then make sure they are gone.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
-        return 130
-    if returncode != 0:
-        reason = report.describe(returncode)
-        print(f"run failed: {reason}", file=sys.stderr, flush=True)
-        record_first_failure(run, reason, report.rank)
-        return 1
-    return 0
 
 
 def record_first_failure(run: Optional[tuple], reason: str, rank: Optional[int]) -> None:

@@ -1,8 +1,7 @@
 """Writing a launch: the run created, the manifest written, before any process starts.
 
-``run`` (``local``), ``render`` and ``submit`` (``render_batch`` / ``submit_batch``, which
-each size of a scaling run on SLURM uses too) write their launches here; the sweeps and local
-scaling runs write one manifest for their group (harness/group/).  A launch folder is
+``run`` (``local``), ``render`` and ``submit`` (``render_batch`` / ``submit_batch``) write their
+launches here; sweeps and scaling runs write one manifest for their group (harness/group/).  A launch folder is
 ``runs/<name>/launches/<digest>/``: the digest is the launch's content without its run ids, so
 ``harness render`` and ``harness submit`` of the same job name the same folder and print the
 same script.
@@ -44,12 +43,11 @@ def batch_uri(spec: JobSpec) -> str:
     return tracking_uri() if spec.tracking.enabled else ""
 
 
-def batch_manifest(spec: JobSpec, uri: str, group: Optional[dict] = None,
-                   options: Optional[dict] = None) -> Manifest:
+def batch_manifest(spec: JobSpec, uri: str) -> Manifest:
     """A batch job's launch, not yet written: it always resumes (a requeue continues)."""
     r = spec.resources
     return launch_manifest.new("submit", [Point(0, spec)], Layout(r.nodes * r.gpus_per_node, r.nodes),
-                               uri, True, group, options)
+                               uri, True)
 
 
 def batch_script(spec: JobSpec, cluster, launch: Manifest, folder: Path, extra: Mapping) -> str:
@@ -88,15 +86,14 @@ def refuse_if_active(folder: Path) -> None:
 
 
 def submit_batch(spec: JobSpec, cluster, uri: str, estimate, extra: Mapping, dry_run: bool,
-                 group: Optional[dict] = None, options: Optional[dict] = None,
-                 run_id: Optional[str] = None, sbatch_args=(), announce: bool = True) -> Optional[str]:
-    """``harness submit`` (and each size of a scaling run on SLURM): every check, then the run
-    (SCHEDULED until the job starts), the manifest and ``sbatch``.  The job id, None for a dry
-    run.  Nothing stays written when SLURM refuses."""
+                 run_id: Optional[str] = None) -> Optional[str]:
+    """``harness submit``: every check, then the run (``run_id``, the checkpoint's when it
+    resumes, else a new one, SCHEDULED until the job starts), the manifest and ``sbatch``.  The
+    job id, None for a dry run.  Nothing stays written when SLURM refuses."""
     from slurm import submit as slurm_submit
     from tracking.run import create_job_run, tag_run
     from tracking.runs import RunStore
-    launch = batch_manifest(spec, batch_uri(spec), group, options)
+    launch = batch_manifest(spec, batch_uri(spec))
     folder = launch_folder(spec, launch)
     sub = slurm_submit.prepare(spec, cluster, uri, estimate, extra,
                                batch_script(spec, cluster, launch, folder, extra), folder)
@@ -111,15 +108,14 @@ def submit_batch(spec: JobSpec, cluster, uri: str, estimate, extra: Mapping, dry
         run_id = created = create_job_run(spec, "JOB", "SCHEDULED")
     try:
         written = launch_manifest.write(launch_manifest.with_run_ids(launch, {0: run_id}), folder)
-        job_id = slurm_submit.queue_script(sub, written.path, sbatch_args=sbatch_args)
+        job_id = slurm_submit.queue_script(sub, written.path)
     except BaseException:
-        if created:
+        if created:  # a resumed run stays: it holds the epochs already trained
             RunStore(launch.tracking_uri).delete_runs([created])
         if not existed:
             launch_manifest.discard(folder)
         raise
     if run_id:
         tag_run(run_id, {"slurm.job_id": job_id})
-    if announce:
-        slurm_submit.print_submitted(sub, job_id, run_id)
+    slurm_submit.print_submitted(sub, job_id, run_id)
     return job_id

@@ -42,10 +42,12 @@ def main(argv=None) -> int:
     from harness.spec import manifest as launch_manifest
     parser = argparse.ArgumentParser(prog="harness.runtime.prepare")
     parser.add_argument("--manifest", required=True)
+    parser.add_argument("--index", type=int, default=None)
     args = parser.parse_args(argv)
     launch = launch_manifest.read(Path(args.manifest))
     task = SlurmEnvironment.from_env().array_task_id
-    prepare_launch(launch, int(task) if task and task.isdigit() else None)
+    index = args.index if args.index is not None else int(task) if task and task.isdigit() else None
+    prepare_launch(launch, index)
     return 0
 
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from harness.runtime.collectives import time_allreduce
 from slurm import preemption
-from slurm.environment import SlurmEnvironment
+from harness.runtime.cluster_env import ClusterEnvironment
 
 _OPTIMIZERS = {
     "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
@@ -38,9 +38,10 @@ def slurm_port_base(job_id: str) -> int:
     return 20000 + (int(job_id) % 2000) * 16
 
 
-def cluster_resolver(slurm: SlurmEnvironment):
+def cluster_resolver(placement: ClusterEnvironment):
     """Who the workers are: SLURM's step, or TF_CONFIG (absent for a single local process)."""
-    if slurm.in_step:
+    if placement.launcher == "srun":
+        slurm = placement.slurm
         base = int(os.environ.get(PORT_BASE_ENV) or slurm_port_base(slurm.job_id))
         # The harness pins the GPU itself (local rank modulo visible GPUs): auto_set_gpu=False.
         # The resolver's GPU counts then only pace its address list; giving them keeps it from
@@ -49,13 +50,6 @@ def cluster_resolver(slurm: SlurmEnvironment):
             port_base=base, auto_set_gpu=False, gpus_per_node=slurm.ntasks, gpus_per_task=1,
             rpc_layer="grpc")
     return tf.distribute.cluster_resolver.TFConfigClusterResolver()
-
-
-def local_placement(slurm: SlurmEnvironment, rank: int, size: int) -> tuple[int, int]:
-    """(local rank, processes on this node): SLURM's numbers, or all local for `harness run`."""
-    if slurm.in_step:
-        return slurm.localid or 0, slurm.tasks_per_node or 1
-    return rank, size
 
 
 def _keep_step_logs_local() -> None:
@@ -100,13 +94,12 @@ class TfEngine:
     def build_info(self) -> dict:
         return {}
 
-    def join(self, pin_device):
-        slurm = SlurmEnvironment.from_env()
-        resolver = cluster_resolver(slurm)
+    def join(self, pin_device, placement):
+        resolver = cluster_resolver(placement)
         spec = resolver.cluster_spec().as_dict()
-        size = len(spec.get("worker", [])) or 1
         rank = int(resolver.task_id or 0) if spec else 0
-        local_rank, local_size = local_placement(slurm, rank, size)
+        # The resolver knows no nodes: the local placement is the launcher's.
+        local_rank, local_size = placement.local_rank, placement.local_size
         device = pin_device(local_rank)  # before the strategy starts TensorFlow's runtime
         collectives = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
@@ -115,7 +108,7 @@ class TfEngine:
         # The strategy's coordination service installs its own SIGTERM handler in C++ (its
         # preemption notifier), which swallowed SLURM's preemption: the job trained on until
         # SIGKILL.  The harness's handler goes back, so both engines stop the same way.
-        preemption.install(in_slurm_step=slurm.in_step)
+        preemption.install(in_slurm_step=placement.under_slurm)
         _keep_step_logs_local()
         self.rank = rank
         return rank, self.strategy.num_replicas_in_sync, local_rank, local_size, device

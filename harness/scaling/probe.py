@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -32,13 +31,10 @@ def engine_sweep(ctx, sizes: list[int]) -> list[dict]:
             for nbytes in sizes]
 
 
-# Set by mpirun (Open MPI), by srun --mpi=pmix (PMIx) and --mpi=pmi2 / MPICH (PMI).
-MPI_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")
-
-
 def mpi_sweep(sizes: list[int]) -> tuple[list[dict], str]:
     """mpi4py's Allreduce; empty with a reason when these processes are not one MPI job."""
-    if not any(os.environ.get(k) for k in MPI_LAUNCHER_VARS):
+    from harness.runtime.cluster_env import ClusterEnvironment
+    if not ClusterEnvironment.detect().mpi_world:
         # Not started by mpirun or srun's MPI plugin (horovodrun --gloo): importing mpi4py would
         # make each process a singleton MPI job with its own orted daemon, which fails now and
         # then ("Unable to start a daemon on the local node") and would fail the whole probe.

@@ -10,7 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness import files  # noqa: E402
 from harness.scaling.stats import MIN_WINDOWS, ScaleRow  # noqa: E402
 from tracking.report import save_figure  # noqa: E402
 
@@ -48,10 +47,6 @@ def as_dicts(rows: Sequence[ScaleRow]) -> list[dict]:
                                r.throughput.windows, r.per_process, r.speedup, r.efficiency,
                                r.efficiency_low, r.efficiency_high, r.predicted_efficiency,
                                r.predicted_overlap])) for r in rows]
-
-
-def write_csv(rows: Sequence[ScaleRow], path: Path) -> Path:
-    return files.write_csv(as_dicts(rows), COLUMNS, path)
 
 
 def throughput_png(rows: Sequence[ScaleRow], path: Path, title: str) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,48 +75,71 @@ def size_overrides(plan: SweepPlan, spec: JobSpec, n: int, sweep_id: str) -> lis
                              f"checkpoint.every_epochs={plan.repeats + WARMUP_EPOCHS}"]
 
 
-def size_group(sweep_id: str, parent_run_id: str, n: int) -> dict:
-    return {"kind": "scale", "id": sweep_id, "parent_run_id": parent_run_id, "processes": n}
+def scale_folder(spec: JobSpec, sweep_id: str) -> Path:
+    return (Path.cwd() / "runs" / spec.name / "scale" / sweep_id).resolve()
 
 
-def run_local(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str,
-              children: dict) -> None:
-    """Every size as a point of one launch, one after another on this machine (the group's
-    local runner, its lines on the terminal); a size that fails ends the run."""
-    from harness.group import local
-    from harness.runtime.prepare import prepare_launch
+def size_launch(plan: SweepPlan, spec: JobSpec, sweep_id: str, layouts: dict,
+                parent_run_id: str = "", children: Optional[dict] = None):
+    """Every size as a point of one launch (not yet written): its own spec and process layout,
+    its child run once the group exists."""
     from harness.spec import manifest
     from tracking.run import tracking_uri
-    points = [manifest.Point(i, load_spec(plan.spec_path, size_overrides(plan, spec, n, sweep_id)),
-                             children[n], f"N={n}", {"processes": n}, manifest.Layout(n))
-              for i, n in enumerate(plan.sizes)]
-    folder = (Path.cwd() / "runs" / spec.name / "scale" / sweep_id).resolve()
-    launch = manifest.write(manifest.new(
-        "scale", points, manifest.Layout(plan.sizes[0]), tracking_uri(), False,
-        {"kind": "scale", "id": sweep_id, "parent_run_id": parent_run_id},
-        {MEASURE_ALLREDUCE: True}), folder)
+    points = []
+    for i, n in enumerate(plan.sizes):
+        where = layouts[n]
+        shape = [] if plan.local else [f"resources.nodes={where.nodes}",
+                                       f"resources.gpus_per_node={where.per_node}"]
+        sized = load_spec(plan.spec_path, size_overrides(plan, spec, n, sweep_id) + shape)
+        points.append(manifest.Point(i, sized, (children or {}).get(n), f"N={n}",
+                                     {"processes": n}, manifest.Layout(n, where.nodes)))
+    return manifest.new("scale", points, points[0].layout, tracking_uri(), not plan.local,
+                        {"kind": "scale", "id": sweep_id, "parent_run_id": parent_run_id},
+                        {MEASURE_ALLREDUCE: True})
+
+
+def check_on_slurm(plan: SweepPlan, spec: JobSpec, sweep_id: str, layouts: dict) -> None:
+    """Every size's job passes submit's checks and SLURM would accept it, before any run exists."""
+    from harness.group import cluster as group_cluster
+    from slurm.cluster import load_cluster
+    from tracking.run import submission_facts
+    unwritten = size_launch(plan, spec, sweep_id, layouts)
+    _, estimate = submission_facts(unwritten.points[0].spec)
+    group_cluster.check(unwritten, group_cluster.manifest_path(scale_folder(spec, sweep_id)),
+                        load_cluster(plan.cluster), plan.sbatch, None, estimate)
+
+
+def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str, children: dict,
+              layouts: dict) -> None:
+    """Every size, one after another: on this machine (the group's local runner, its lines on the
+    terminal), or as one SLURM job each, queued afterany the previous (sizes never share nodes)."""
+    from harness.spec import manifest
+    launch = manifest.write(size_launch(plan, spec, sweep_id, layouts, parent_run_id, children),
+                            scale_folder(spec, sweep_id))
+    if plan.local:
+        run_local(plan, launch)
+        return
+    from harness.group import cluster as group_cluster
+    from slurm.cluster import load_cluster
+    cluster = load_cluster(plan.cluster)
+    jobs = group_cluster.submit(launch, group_cluster.render(launch, launch.path, cluster,
+                                                             plan.sbatch, None), launch.folder)
+    by_size = {plan.sizes[i]: job for i, job in jobs.items()}
+    for n, job in by_size.items():
+        print(f"scale: N={n}: job {job}", flush=True)
+    wait_for_jobs(by_size)
+
+
+def run_local(plan: SweepPlan, launch) -> None:
+    """A size that fails ends the run: there is nothing to compare it with."""
+    from harness.group import local
+    from harness.runtime.prepare import prepare_launch
     prepare_launch(launch)
-    codes = local.run_points(launch, 1, folder, stream=True, label="scale", stop_on_failure=True)
+    codes = local.run_points(launch, 1, launch.folder, stream=True, label="scale",
+                             stop_on_failure=True)
     for i, n in enumerate(plan.sizes):
         if codes.get(i, 0) != 0:
             raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
-
-
-def submit_size(plan: SweepPlan, spec: JobSpec, where: comm_model.Layout, sweep_id: str,
-                run_id: str, parent_run_id: str, after: Optional[str]) -> str:
-    """Queue size N as its own job, after the previous size (sizes must not share nodes)."""
-    from harness.runtime import launches
-    from slurm.cluster import load_cluster
-    from tracking.run import submission_facts
-    cluster = load_cluster(plan.cluster)
-    overrides = size_overrides(plan, spec, where.processes, sweep_id) + [
-        f"resources.nodes={where.nodes}", f"resources.gpus_per_node={where.per_node}"]
-    sized = load_spec(plan.spec_path, overrides)
-    uri, estimate = submission_facts(sized)
-    dependency = [f"--dependency=afterany:{after}"] if after else []
-    return launches.submit_batch(sized, cluster, uri, estimate, plan.sbatch, False,
-                                 size_group(sweep_id, parent_run_id, where.processes),
-                                 {MEASURE_ALLREDUCE: True}, run_id, dependency, announce=False)
 
 
 def wait_for_jobs(jobs: dict[int, str], poll_s: float = 2.0, max_poll_s: float = 15.0) -> None:
@@ -180,6 +202,7 @@ def rows_with_model(results: dict[int, SizeResult], batch: int, one_step_s: Opti
 def report(parent, spec: JobSpec, rows: list, predictions: dict,
            results: dict[int, SizeResult]) -> None:
     """The table and diagnosis on stdout; metrics (step = N), CSV and plots on the parent run."""
+    from harness.group.results import publish
     from harness.scaling import report as scale_report
     print(scale_report.table(rows), flush=True)
     grad = next((r.metrics.get("comm/gradient_bytes") for r in results.values()), None)
@@ -198,12 +221,13 @@ def report(parent, spec: JobSpec, rows: list, predictions: dict,
               f"{comm_model.diagnose(row.efficiency, p, util)}", flush=True)
     for row in rows:
         parent.log_metrics(scale_metrics(row), step=row.processes)
-    with tempfile.TemporaryDirectory() as tmp:
-        title = f"{spec.name}: scaling"
-        for path in (scale_report.write_csv(rows, Path(tmp) / "scaling.csv"),
-                     scale_report.throughput_png(rows, Path(tmp) / "throughput.png", title),
-                     scale_report.efficiency_png(rows, Path(tmp) / "efficiency.png", title)):
-            parent.log_artifact(path)
+    title = f"{spec.name}: scaling"
+
+    def figures(folder: Path, table: Path) -> list[Path]:
+        return [scale_report.throughput_png(rows, folder / "throughput.png", title),
+                scale_report.efficiency_png(rows, folder / "efficiency.png", title)]
+    publish(parent.uri, parent.run_id, scale_report.as_dicts(rows), scale_report.COLUMNS,
+            "scaling.csv", figures)
 
 
 def scale_metrics(row) -> dict:
@@ -228,6 +252,8 @@ def sweep(plan: SweepPlan) -> int:
     check_reachable(spec)
     uri = tracking_uri()
     sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not plan.local:
+        check_on_slurm(plan, spec, sweep_id, layouts)
     parent, by_index = open_group(
         "scale", sweep_id, spec.experiment, f"scale {spec.name} N={plan.sizes}", spec.spec_path,
         sweep_params(plan, spec), [Child(i, f"{spec.name} N={n}", {"scale.processes": str(n)})
@@ -274,16 +300,3 @@ def sweep_params(plan: SweepPlan, spec: JobSpec) -> dict:
             "spec": plan.spec_path, "batch_size.per_process": spec.training.batch_size,
             "fp16_allreduce": spec.training.fp16_allreduce,
             "mixed_precision": spec.training.mixed_precision}
-
-
-def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str, children: dict,
-              layouts: dict) -> None:
-    if plan.local:
-        run_local(plan, spec, sweep_id, parent_run_id, children)
-        return
-    jobs, previous = {}, None
-    for n in plan.sizes:
-        previous = jobs[n] = submit_size(plan, spec, layouts[n], sweep_id, children[n],
-                                         parent_run_id, previous)
-        print(f"scale: N={n}: job {previous}", flush=True)
-    wait_for_jobs(jobs)

@@ -85,8 +85,8 @@ def submit_array(req: SweepRequest, plan: planning.Plan) -> int:
         launch = planning.write_launch(plan, children, parent.run_id, uri, "slurm",
                                        r.nodes * r.gpus_per_node, r.nodes)
         points_file = plan.folder / "points.json"
-        array_id, summary_id = cluster.submit(plan, slurm_cluster, uri, req.sbatch,
-                                              req.max_parallel, launch.path)
+        array_id, summary_id = cluster.submit(plan, slurm_cluster, req.sbatch, req.max_parallel,
+                                              launch)
     except BaseException:
         runs.discard(parent, children)  # SLURM refused: nothing half-written stays
         shutil.rmtree(plan.folder, ignore_errors=True)

@@ -79,23 +79,31 @@ def print_points(plan: Plan) -> None:
         print(f"  {p.index:>{width}}  {p.name}", flush=True)
 
 
+def launch(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, processes: int,
+           nodes: int = 1) -> launch_manifest.Manifest:
+    """The launch manifest every point trains from, not yet written (run ids may be None while
+    a SLURM sweep is only checked)."""
+    points = [launch_manifest.Point(p.index, p.spec, run_ids.get(p.index), p.name, p.values)
+              for p in plan.points]
+    return launch_manifest.new(
+        "sweep", points, launch_manifest.Layout(processes, nodes), uri, True,
+        {"kind": "sweep", "id": plan.sweep_id, "parent_run_id": parent_run_id})
+
+
 def write_launch(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, where: str,
                  processes: int, nodes: int = 1) -> launch_manifest.Manifest:
     """The launch manifest every point trains from (returned, written), and the points file the
     summary reads."""
     plan.folder.mkdir(parents=True, exist_ok=True)
-    points = [launch_manifest.Point(p.index, p.spec, run_ids[p.index], p.name, p.values)
-              for p in plan.points]
-    launch = launch_manifest.write(launch_manifest.new(
-        "sweep", points, launch_manifest.Layout(processes, nodes), uri, True,
-        {"kind": "sweep", "id": plan.sweep_id, "parent_run_id": parent_run_id}), plan.folder)
+    written = launch_manifest.write(launch(plan, run_ids, parent_run_id, uri, processes, nodes),
+                                    plan.folder)
     entries = [{"index": p.index, "name": p.name, "values": p.values, "run_id": run_ids[p.index],
                 "checkpoint_dir": str(p.spec.checkpoint_dir)} for p in plan.points]
     sweep_points.write(plan.folder, {
         "sweep_id": plan.sweep_id, "name": plan.base.name, "experiment": plan.base.experiment,
         "parent_run_id": parent_run_id, "tracking_uri": uri, "space": plan.space.describe(),
-        "seed": plan.space.seed, "varied": plan.varied, "manifest": str(launch.path),
+        "seed": plan.space.seed, "varied": plan.varied, "manifest": str(written.path),
         "log_scale": [r.key for r in plan.space.ranges if r.log], "epochs": plan.base.training.epochs,
         "where": where, "processes": processes, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "points": entries})
-    return launch
+    return written

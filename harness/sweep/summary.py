@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from harness.errors import UserError
-from harness.files import write_csv
+from harness.group.results import publish
 from harness.spec import sweep_points
 from tracking.sweep_report import OBJECTIVE
 
@@ -192,25 +191,24 @@ def log_results(client, record: dict, rows: list, best: Optional[dict], lines: l
     parent = record["parent_run_id"]
     title = f"{record['name']} sweep {record['sweep_id']}"
     cols = columns(record, rows)
-    log_x = set(record.get("log_scale", []))
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        best_name = best["name"] if best else None
+    table_rows = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
+    best_point = best["point"] if best else None
+
+    def figures(folder: Path, table: Path) -> list[Path]:
+        log_x = set(record.get("log_scale", []))
         images = [sweep_report.curves_png(
             {r["name"]: r["curve"] for r in rows}, {r["name"] for r in rows if r["status"] == "FAILED"},
-            folder / "val_loss_all_points.png", f"{title}: validation loss", best_name)]
+            folder / "val_loss_all_points.png", f"{title}: validation loss",
+            best["name"] if best else None)]
         for key in record["varied"]:
             images.append(sweep_report.objective_png(
                 key, rows, folder / f"objective_vs_{key.replace('.', '_')}.png",
                 f"{record['name']}: {OBJECTIVE} vs {key}", key in log_x or _spans_decades(rows, key),
-                best["point"] if best else None))
-        table_rows = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
-        csv_path = write_csv(table_rows, cols, folder / "results.csv")
+                best_point))
         page = folder / "results.html"
-        page.write_text(sweep_report.html_page(title, lines, table_rows, cols, images,
-                                               best["point"] if best else None))
-        for path in [csv_path, page, *images]:
-            client.log_artifact(parent, path, "sweep")
+        page.write_text(sweep_report.html_page(title, lines, table_rows, cols, images, best_point))
+        return [page, *images]
+    publish(record["tracking_uri"], parent, table_rows, cols, "results.csv", figures, "sweep")
     mark_best(client, record, rows, best)
     finished = sum(r["status"] == "FINISHED" for r in rows)
     client.log_metrics(parent, {
