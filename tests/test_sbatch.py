@@ -130,9 +130,9 @@ def test_the_sweep_summary_job_goes_through_the_site_template(tmp_path):
     assert "srun" not in script and "harness.runtime.prepare" not in script
 
 
-def test_a_group_of_different_shapes_is_one_job_per_point_with_its_index(tmp_path):
+def test_a_scaling_runs_sizes_are_one_job_each_and_a_sweep_one_array(tmp_path):
     """A scaling run's sizes: each its own script, its own resources, and --index on every
-    command that reads the manifest; one shape (a sweep): one array, no index."""
+    command that reads the manifest; a sweep (one shape): one array, no index."""
     from harness.group import cluster as group_cluster
     from harness.spec import manifest
     points = [manifest.Point(i, load_spec(REPO / "jobs" / "lensfinder_cnn.yaml",
@@ -140,7 +140,7 @@ def test_a_group_of_different_shapes_is_one_job_per_point_with_its_index(tmp_pat
                              None, f"N={n}", {}, manifest.Layout(n)) for i, n in enumerate((1, 2))]
     launch = manifest.new("scale", points, manifest.Layout(1), "http://head:5000", True)
     path = tmp_path / "launch.json"
-    jobs = group_cluster.render(launch, path, LARS, {}, None)
+    jobs = group_cluster.render(launch, path, LARS, {}, None, array=False)
     assert [j.index for j in jobs] == [0, 1]
     for job, n in zip(jobs, (1, 2)):
         opts = parse_sbatch_options(job.script)
@@ -149,9 +149,13 @@ def test_a_group_of_different_shapes_is_one_job_per_point_with_its_index(tmp_pat
             assert f"-m harness.runtime.{module} --manifest {path} --index {job.index}" in job.script
     same = manifest.new("sweep", [points[1], dataclasses.replace(points[1], index=1)],
                         manifest.Layout(2), "", True)
-    [array] = group_cluster.render(same, path, LARS, {}, 1)
+    [array] = group_cluster.render(same, path, LARS, {}, 1, array=True)
     assert array.index is None and parse_sbatch_options(array.script)["array"] == "0-1%1"
     assert "--index" not in array.script
+    # A job array gives every task one shape: a sweep over resources is refused, not rendered
+    # with point 0's resources for all.
+    with pytest.raises(UserError, match=r"point 1 \(N=2\): resources .* differ from point 0's"):
+        group_cluster.render(launch, path, LARS, {}, None, array=True)
 
 
 def test_a_site_template_replaces_the_script(tmp_path):

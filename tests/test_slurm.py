@@ -70,36 +70,6 @@ def _steps(client, run_id, key="loss") -> list:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_submitted_two_task_job_completes_into_one_mlflow_run(slurm, workdir, pima_csv, mlflow_server,
-                                                              engine):
-    args = (slurm, workdir, pima_csv, mlflow_server.url, f"slurm-complete-{engine}",
-            "--set", "training.epochs=4", *on_engine(engine))
-    rendered = _submit(*args, verb="render")  # what a user reviews first
-    assert rendered.returncode == 0, rendered.stderr
-    done = _submit(*args)
-    job_id = _job_id(done)
-    run_id = re.search(rf"run (\w+) tagged slurm.job_id={job_id}", done.stdout).group(1)
-    script = workdir / "runs" / "diabetes_mlp" / "slurm" / f"diabetes_mlp-{job_id}.sbatch"
-    launch = {"horovod": "srun --mpi=pmix", "tf": "srun --mpi=none"}[engine]
-    assert script.is_file() and launch in script.read_text()
-    assert rendered.stdout == script.read_text()  # what render shows is what submit queued
-
-    info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 240)
-    log = _log(workdir, job_id)
-    assert info["JobState"] == "COMPLETED", log
-    assert "2 process(es)" in log and "weights identical on all 2 ranks" in log
-
-    client, run = _only_run(mlflow_server.url, f"slurm-complete-{engine}")
-    assert run.info.run_id == run_id  # created at submit, before the job started
-    assert run.info.status == "FINISHED" and run.data.params["engine"] == engine
-    assert run.data.tags["slurm.job_id"] == job_id and run.data.params["processes"] == "2"
-    assert _steps(client, run.info.run_id) == [0, 1, 2, 3]
-
-    status = run_cli("status", job_id, cwd=workdir, env=slurm.env)
-    assert status.returncode == 0, status.stderr
-    assert "COMPLETED" in status.stdout and "epoch 4/4" in status.stdout
-
-
 def _requeued_once_then_completed(slurm, workdir, job_id: str, after: str = "") -> str:
     """Wait for the requeue, release SLURM's hold on the job (about two minutes after a requeue,
     too long for a test) once ``after`` is done, and return the log of the completed job."""
@@ -121,43 +91,29 @@ def _requeued_once_then_completed(slurm, workdir, job_id: str, after: str = "") 
     return log
 
 
-@pytest.mark.slow
-def test_preempted_job_requeues_resumes_and_logs_each_epoch_once(slurm, workdir, pima_csv,
-                                                                 mlflow_server):
-    # Small batches make epochs of about a second; checkpoints every 3 epochs, so a signal
-    # after epoch 4 also exercises the checkpoint of an epoch boundary kept in memory.
-    done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-preempt",
-                   "--set", "training.epochs=10", "--set", "training.batch_size=2",
-                   "--set", "checkpoint.every_epochs=3", hold=4)
-    job_id = _job_id(done)
-    _wait_for_line(workdir, job_id, r"hold: after epoch 4")  # the job waits for the signal
-    slurm.cmd("scancel", "--signal=USR2", "--batch", job_id)  # what SLURM sends before preemption
-
-    log = _requeued_once_then_completed(slurm, workdir, job_id)
-
+def _assert_one_requeue_on_one_axis(client, run, log: str, saved: int, epochs: int) -> None:
+    """A job stopped by the warning after epoch ``saved`` (its checkpoint), requeued once and
+    resumed: the stop landed in the next batch, every epoch is logged once, the run says where it
+    resumed and in which epoch it was preempted, and the telemetry of both attempts lies on one
+    axis (steps continue after the requeue; none repeats)."""
     stopped = re.search(r"SIGUSR2: stopped during epoch (\d+) on every rank, [\d.]+ s after the "
                         r"signal; checkpoint at epoch (\d+)", log)
     assert stopped, log
-    interrupted, saved = int(stopped.group(1)), int(stopped.group(2))
-    assert saved == 4 and interrupted == 5  # stopped in the next batch; no finished epoch lost
+    interrupted = int(stopped.group(1))
+    assert int(stopped.group(2)) == saved and interrupted == saved + 1  # no finished epoch lost
     assert f"resuming at epoch {saved + 1}" in log
-    assert f"requeueing job {job_id}" in _log(workdir, job_id, "err")
-
-    client, run = _only_run(mlflow_server.url, "slurm-preempt")
-    assert run.info.status == "FINISHED"
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
     for key in ("loss", "val_loss", "generalization_gap"):
-        assert _steps(client, run.info.run_id, key) == list(range(10)), key  # each epoch once
-    assert run.data.tags["slurm.restart_count"] == "1"
+        assert _steps(client, run_id, key) == list(range(epochs)), key  # each epoch once
     assert run.data.tags["resumed_from_epoch"] == str(saved)
-    preempted = client.get_metric_history(run.info.run_id, "slurm/preempted_in_epoch")
+    preempted = client.get_metric_history(run_id, "slurm/preempted_in_epoch")
     assert [(m.step, m.value) for m in preempted] == [(0, interrupted)]
-    assert "failure_reason" not in run.data.tags
-    # Telemetry of both attempts on one axis: steps continue after the requeue, none repeats.
     cpu = next(k for k in run.data.metrics if k.endswith("/cpu_utilization_percentage"))
-    samples = sorted(client.get_metric_history(run.info.run_id, cpu), key=lambda m: m.timestamp)
+    samples = sorted(client.get_metric_history(run_id, cpu), key=lambda m: m.timestamp)
     steps = [m.step for m in samples]
     assert len(steps) == len(set(steps)) and steps == sorted(steps), steps
-    requeued_at = max(m.timestamp for m in client.get_metric_history(run.info.run_id, "loss")
+    requeued_at = max(m.timestamp for m in client.get_metric_history(run_id, "loss")
                       if m.step == saved - 1)  # the first attempt's last logged epoch
     assert min(m.step for m in samples if m.timestamp > requeued_at + 10_000) > max(
         m.step for m in samples if m.timestamp <= requeued_at)
@@ -285,23 +241,31 @@ def test_scale_on_slurm_runs_one_job_per_size_into_child_runs(slurm, workdir):
 @pytest.mark.slow
 def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, workdir, pima_csv,
                                                                      mlflow_server, engine):
-    """As SLURM preempts: a job in a higher-tier partition takes the node; the harness job gets
+    """A two-rank job as a user submits it, reviewed first with `harness render`, preempted as
+    SLURM preempts: a job in a higher-tier partition takes the node; the harness job gets
     SIGTERM (not the warning), has GraceTime to leave its last epoch on disk, SLURM requeues it,
-    and it resumes into the same run."""
+    and it resumes into the run created at submit, which ends FINISHED with every epoch once."""
     # A copy of the job the user goes on editing while the job runs: the requeued job must still
     # run what was submitted, and say that the original changed.
     mine = workdir / "mine"
     mine.mkdir()
     for name in ("diabetes_mlp.py", "diabetes_mlp.yaml"):
         shutil.copy(DIABETES.parent / name, mine / name)
-    done = run_cli("submit", mine / "diabetes_mlp.yaml", "--partition", "debug", "--gpus-per-node",
-                   "2", "--set", f"data.csv={pima_csv}", "--set", "tracking.experiment=slurm-real-preempt",
-                   "--set", "training.epochs=8", "--set", "training.batch_size=2",
-                   "--set", "checkpoint.every_epochs=100",  # only the stop itself checkpoints
-                   "--set", f"tracking.experiment=slurm-real-preempt-{engine}", *on_engine(engine),
-                   cwd=workdir, env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url,
-                                         HARNESS_HOLD_AFTER_EPOCH="3"))
+    job = [mine / "diabetes_mlp.yaml", "--partition", "debug", "--gpus-per-node", "2",
+           "--set", f"data.csv={pima_csv}", "--set", "training.epochs=8",
+           "--set", "training.batch_size=2",
+           "--set", "checkpoint.every_epochs=100",  # only the stop itself checkpoints
+           "--set", f"tracking.experiment=slurm-real-preempt-{engine}", *on_engine(engine)]
+    env = dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url, HARNESS_HOLD_AFTER_EPOCH="3")
+    rendered = run_cli("render", *job, cwd=workdir, env=env)  # what a user reviews first
+    assert rendered.returncode == 0, rendered.stderr
+    done = run_cli("submit", *job, cwd=workdir, env=env)
     job_id = _job_id(done)
+    run_id = re.search(rf"run (\w+) tagged slurm.job_id={job_id}", done.stdout).group(1)
+    script = workdir / "runs" / "diabetes_mlp" / "slurm" / f"diabetes_mlp-{job_id}.sbatch"
+    launch = {"horovod": "srun --mpi=pmix", "tf": "srun --mpi=none"}[engine]
+    assert launch in script.read_text()
+    assert rendered.stdout == script.read_text()  # what render shows is what submit queued
     _wait_for_line(workdir, job_id, r"hold: after epoch 3")  # it waits there for SLURM
     (mine / "diabetes_mlp.yaml").write_text("name: broken\n")
     (mine / "diabetes_mlp.py").write_text("raise SystemExit('edited after submission')\n")
@@ -318,14 +282,23 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     assert f"resuming at epoch {saved + 1}" in log
     assert f"note: {mine / 'diabetes_mlp.py'} changed" in log  # said, and the submitted copy ran
 
+    assert "2 process(es)" in log and "weights identical on all 2 ranks" in log
+
     client, run = _only_run(mlflow_server.url, f"slurm-real-preempt-{engine}")
+    assert run.info.run_id == run_id  # created at submit, before the job started
     assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    assert run.data.params["engine"] == engine and run.data.params["processes"] == "2"
+    assert run.data.tags["slurm.job_id"] == job_id and run.data.tags["slurm.restart_count"] == "1"
     assert run.data.tags["harness.job_changed_since_submit"] == "true"
     for key in ("loss", "val_loss", "generalization_gap"):
         assert _steps(client, run.info.run_id, key) == list(range(8)), key  # each epoch once
     signal_to_stop = client.get_metric_history(run.info.run_id, "slurm/stop_after_signal_s")
     assert [m.step for m in signal_to_stop] == [0]
     print(f"{engine}: signal-to-stop {seconds:.1f} s (GraceTime 30 s)")  # the README quotes it
+
+    status = run_cli("status", job_id, cwd=workdir, env=slurm.env)
+    assert status.returncode == 0, status.stderr
+    assert "COMPLETED" in status.stdout and "epoch 8/8" in status.stdout
 
 
 def test_a_two_rank_lens_job_with_an_empty_cache_simulates_once(slurm, workdir):
@@ -376,7 +349,9 @@ def _max_running_tasks(slurm, array: str, stop: threading.Event, seen: list) -> 
 def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_stop_it(
         slurm, workdir, pima_csv, mlflow_server):
     """Four versions of a dataset, one of them cut short by the acquisition (the point that
-    fails); two points at a time; the first point is preempted and resumes into its own run."""
+    fails); two points at a time; the first point gets SLURM's preemption warning (USR2), stops,
+    checkpoints, requeues and resumes into its own run.  Checkpoints come every 4 epochs, so the
+    stop after epoch 2 also exercises the epoch boundary kept in memory."""
     for name in ("run1.csv", "run2.csv", "run3.csv"):
         shutil.copy(pima_csv, workdir / name)
     (workdir / "run4.csv").write_text("".join(pima_csv.read_text().splitlines(True)[:20]))
@@ -385,6 +360,7 @@ def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_sto
     done = run_cli("sweep", DIABETES, "--grid", "data.csv=run1.csv,run2.csv,run3.csv,run4.csv",
                    "--partition", "debug", "--gpus-per-node", "1", "--max-parallel", "2",
                    "--set", "training.epochs=6", "--set", "training.batch_size=2",
+                   "--set", "checkpoint.every_epochs=4",
                    "--set", "tracking.experiment=slurm-sweep", cwd=workdir,
                    env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url,
                             HARNESS_HOLD_AFTER_EPOCH="2", HARNESS_HOLD_RELEASE=str(release)),
@@ -437,7 +413,9 @@ def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_sto
     assert first.info.run_id == points["points"][0]["run_id"]
     assert first.data.tags["slurm.restart_count"] == "1"
     assert first.data.tags["slurm.array_job_id"] == array and first.data.tags["slurm.array_task_id"] == "0"
-    assert _steps(client, first.info.run_id, "val_loss") == list(range(6))
+    _assert_one_requeue_on_one_axis(client, first, log, saved=2, epochs=6)
+    # The batch shell's word (the task's own job id, not the array's)
+    assert "harness: preempted; checkpoint written; requeueing job " in _log(workdir, f"{array}_0", "err")
 
     from test_sweep import results_of
     table = results_of(client, parent.info.run_id, workdir)

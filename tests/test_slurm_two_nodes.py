@@ -102,7 +102,7 @@ def _sweep_two_nodes(slurm, server, workdir, sizes, *extra) -> str:
     """A spread sweep of the GPU stand-in (the host idles 40 ms a step, as it waits for a GPU)."""
     done = run_cli("scale", REPO / "jobs" / "synthetic.yaml", "--gpus", sizes, "--layout", "spread",
                    "--repeats", "3", "--set", "data.model=gpu_standin",
-                   "--set", "data.samples_per_epoch=4096", "--predict", *extra,
+                   "--set", "data.samples_per_epoch=2048", "--predict", *extra,
                    cwd=workdir, env=dict(slurm.env, MLFLOW_TRACKING_URI=server.url), timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     return done.stdout

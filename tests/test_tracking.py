@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -30,48 +29,6 @@ def _assert_each_epoch_once(client, run_id, epochs):
     for key in CURVES:
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(epochs)), f"{key}: {steps}"
-
-
-def test_two_process_run_then_resume_is_one_complete_run(workdir, pima_csv, mlflow_server):
-    env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "t-resume"}
-    args = ["run", SPEC, "--np", 2, "--set", f"data.csv={pima_csv}", "--set", "checkpoint.every_epochs=1",
-            "--set", "tracking.batch_metrics_every=10"]
-    first = run_cli(*args, "--set", "training.epochs=3", cwd=workdir, env=env)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert f"at {mlflow_server.url}" in first.stdout
-    second = run_cli(*args, "--set", "training.epochs=5", "--resume", cwd=workdir, env=env)
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-
-    client = MlflowClient(mlflow_server.url)
-    run = _only_run(client, "t-resume")
-    assert run.info.status == "FINISHED"
-    _assert_each_epoch_once(client, run.info.run_id, 5)
-    params = run.data.params
-    assert params["processes"] == "2" and params["batch_size.global"] == "20"
-    assert float(params["lr.scaled"]) == pytest.approx(0.002) and params["lr.rule"] == "linear"
-    assert params["version.tensorflow"].startswith("2.15") and params["version.horovod"] == "0.28.1"
-    assert params["spec.training.optimizer"] == "adam" and "git.commit" in params
-    assert run.data.tags["resumed_from_epoch"] == "3"
-    # MLflow's own conventions: who ran what from where; the UI's model-training view; the data.
-    tags = run.data.tags
-    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
-    assert tags["mlflow.source.git.commit"] == params["git.commit"]
-    assert tags["mlflow.source.name"] == str(SPEC) and tags["mlflow.runName"] == "diabetes_mlp"
-    assert len(tags["harness.job_sha256"]) == 64
-    experiment = client.get_experiment_by_name("t-resume")
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    inputs = run.inputs.dataset_inputs
-    assert [i.dataset.name for i in inputs] == ["diabetes_mlp-train"]  # once, not again on resume
-    assert '"features_shape": [' in inputs[0].dataset.profile and inputs[0].dataset.digest
-    assert run.data.tags["overfitting"].startswith(("no overfitting", "overfitting detected"))
-    assert {"best_epoch", "best_val_loss", "test_accuracy", "batch/loss_rank0"} <= set(run.data.metrics)
-    batch_steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch/loss_rank0")]
-    assert len(batch_steps) == len(set(batch_steps)) and 0 in batch_steps
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"loss_curve.png", "report.html", "spec.resolved.yaml", "pip-freeze.txt",
-            "telemetry_timeline.png"} <= artifacts
-    html = Path(client.download_artifacts(run.info.run_id, "report.html", str(workdir))).read_text()
-    assert "Overfitting verdict" in html and "data:image/png;base64," in html
 
 
 def test_unreachable_server_is_exit_2_unless_tracking_is_optional(workdir, pima_csv):

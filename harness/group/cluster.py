@@ -1,11 +1,11 @@
 """A group's points on SLURM (``harness sweep``, ``harness scale``): checked, rendered and queued.
 
-Points of one shape (a sweep: the same nodes and GPUs for every point) are one job array, at
-most K at once; each task trains the point its ``SLURM_ARRAY_TASK_ID`` names.  Points of
-different shapes (the sizes of a scaling run) are one job each, queued ``afterany`` the one
-before: they never share nodes, so one size's timing is not another's load.  Either way every
-script is the site template's (slurm/render.py), every point passes ``harness submit``'s checks
-before anything is queued, and ``harness status`` finds each job from its record.
+A sweep's points (one shape: the same nodes and GPUs for every point) are one job array, at
+most K at once; each task trains the point its ``SLURM_ARRAY_TASK_ID`` names.  A scaling run's
+sizes are one job each, queued ``afterany`` the one before: they never share nodes, so one
+size's timing is not another's load.  Either way every script is the site template's
+(slurm/render.py), every point passes ``harness submit``'s checks before anything is queued,
+and ``harness status`` finds each job from its record.
 """
 from __future__ import annotations
 
@@ -30,10 +30,18 @@ class GroupJob:
     script: str
 
 
-def one_shape(points: Sequence[Point]) -> bool:
-    shapes = {(p.spec.resources.nodes, p.spec.resources.gpus_per_node,
-               p.spec.resources.partition) for p in points}
-    return len(shapes) == 1
+def check_one_shape(points: Sequence[Point]) -> None:
+    """A job array gives every task the same resources: points that differ cannot be one."""
+    def shape(p: Point) -> tuple:
+        r = p.spec.resources
+        return r.partition, r.nodes, r.gpus_per_node, r.time
+    first = shape(points[0])
+    for p in points[1:]:
+        if shape(p) != first:
+            raise UserError(
+                f"point {p.index} ({p.name}): resources (partition, nodes, gpus_per_node, time) "
+                f"{shape(p)} differ from point 0's {first}; a sweep's points are one job array "
+                "and share one shape: sweep the resources in separate sweeps")
 
 
 def log_dir(launch: Manifest) -> Path:
@@ -41,28 +49,30 @@ def log_dir(launch: Manifest) -> Path:
 
 
 def render(launch: Manifest, manifest_path: Path, cluster, extra: Mapping,
-           max_parallel: Optional[int]) -> list[GroupJob]:
-    """The group's scripts, for the manifest that is (or will be) at ``manifest_path``."""
+           max_parallel: Optional[int], array: bool) -> list[GroupJob]:
+    """The group's scripts, for the manifest that is (or will be) at ``manifest_path``: one job
+    array (``array``), else one job per point."""
     from slurm.render import JobArray, render_sbatch
 
     def script(point: Point, array=None, index=None) -> str:
         return render_sbatch(point.spec, cluster, REPO, log_dir(launch), manifest_path,
                              launch.tracking_uri, workdir=Path.cwd(), extra=extra, array=array,
                              index=index)
-    if one_shape(launch.points):
-        array = JobArray(len(launch.points), max_parallel)
-        return [GroupJob(None, script(launch.points[0], array=array))]
+    if array:
+        check_one_shape(launch.points)
+        tasks = JobArray(len(launch.points), max_parallel)
+        return [GroupJob(None, script(launch.points[0], array=tasks))]
     return [GroupJob(p.index, script(p, index=p.index)) for p in launch.points]
 
 
 def check(launch: Manifest, manifest_path: Path, cluster, extra: Mapping,
-          max_parallel: Optional[int], estimate=None) -> list[GroupJob]:
+          max_parallel: Optional[int], array: bool, estimate=None) -> list[GroupJob]:
     """Every point passes submit's checks and SLURM would accept every script; nothing is
     written.  ``estimate``: an earlier run's epoch time, checked against the first point."""
     from slurm.submit import check_job, test_only
     for point in launch.points:
         check_job(point.spec, cluster, launch.tracking_uri, estimate if point.index == 0 else None)
-    jobs = render(launch, manifest_path, cluster, extra, max_parallel)
+    jobs = render(launch, manifest_path, cluster, extra, max_parallel, array)
     if shutil.which("sbatch") is None:
         raise UserError(f"sbatch: not found; this is not a SLURM login node. `harness "
                         f"{launch.verb} --local` runs the points on this machine")

@@ -106,7 +106,7 @@ def check_on_slurm(plan: SweepPlan, spec: JobSpec, sweep_id: str, layouts: dict)
     unwritten = size_launch(plan, spec, sweep_id, layouts)
     _, estimate = submission_facts(unwritten.points[0].spec)
     group_cluster.check(unwritten, group_cluster.manifest_path(scale_folder(spec, sweep_id)),
-                        load_cluster(plan.cluster), plan.sbatch, None, estimate)
+                        load_cluster(plan.cluster), plan.sbatch, None, False, estimate)
 
 
 def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str, children: dict,
@@ -123,7 +123,8 @@ def run_sizes(plan: SweepPlan, spec: JobSpec, sweep_id: str, parent_run_id: str,
     from slurm.cluster import load_cluster
     cluster = load_cluster(plan.cluster)
     jobs = group_cluster.submit(launch, group_cluster.render(launch, launch.path, cluster,
-                                                             plan.sbatch, None), launch.folder)
+                                                             plan.sbatch, None, False),
+                                launch.folder)
     by_size = {plan.sizes[i]: job for i, job in jobs.items()}
     for n, job in by_size.items():
         print(f"scale: N={n}: job {job}", flush=True)
@@ -142,7 +143,7 @@ def run_local(plan: SweepPlan, launch) -> None:
             raise RunFailed(f"the {n}-process run of the sweep failed (its lines are above)")
 
 
-def wait_for_jobs(jobs: dict[int, str], poll_s: float = 2.0, max_poll_s: float = 15.0) -> None:
+def wait_for_jobs(jobs: dict[int, str], poll_s: float = 1.0, max_poll_s: float = 5.0) -> None:
     """Until every job has left the queue; then each must have COMPLETED."""
     from slurm.status import finished_states, queued_jobs
     last, delay = {}, poll_s

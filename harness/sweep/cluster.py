@@ -32,7 +32,7 @@ def check(plan: Plan, cluster_name: str, extra: Mapping, max_parallel: Optional[
     check_shared_tracking(plan, cluster, uri, max_parallel)
     unwritten = launch_of(plan, {}, "", uri)
     jobs = group_cluster.check(unwritten, group_cluster.manifest_path(plan.folder), cluster,
-                               extra, max_parallel, estimate)
+                               extra, max_parallel, True, estimate)
     return cluster, uri, jobs[0].script
 
 
@@ -63,7 +63,7 @@ def submit(plan: Plan, cluster, extra: Mapping, max_parallel: Optional[int],
            launch) -> tuple[str, Optional[str]]:
     """Queue the (written) launch's array and its summary job; (array job id, summary job id or
     None)."""
-    jobs = group_cluster.render(launch, launch.path, cluster, extra, max_parallel)
+    jobs = group_cluster.render(launch, launch.path, cluster, extra, max_parallel, True)
     summary_of = {"kind": "sweep", "sweep_id": plan.sweep_id,
                   "points_file": str(plan.folder / "points.json"), "points": len(plan.points),
                   "max_parallel": max_parallel}

@@ -86,6 +86,7 @@ class Sampler:
         self.sink, self.interval_s, self.notify = sink, interval_s, notify
         self.job_pids = job_pids  # None: count every compute process on the job's GPUs
         self.host = host or socket.gethostname().split(".")[0]
+        self._names: dict = {}  # (metric, GPU index) -> its MLflow name
         self.nvml_loader = nvml_loader
         self.psutil = psutil_module
         self.nvml = None
@@ -173,7 +174,12 @@ class Sampler:
         return metrics
 
     def _name(self, metric: str, gpu: Optional[GpuInfo] = None) -> str:
-        return f"system/{self.host}/" + (f"gpu_{gpu.index}_{metric}" if gpu else metric)
+        key = (metric, gpu.index if gpu else None)
+        name = self._names.get(key)
+        if name is None:  # made once per metric: a tick names a dozen per GPU
+            name = self._names[key] = (f"system/{self.host}/"
+                                       + (f"gpu_{gpu.index}_{metric}" if gpu else metric))
+        return name
 
     def _host_metrics(self) -> dict:
         ps = self.psutil

@@ -133,15 +133,22 @@ class RunningSummary:
 
     def __init__(self):
         self.gpus: dict = {}  # (host, index) -> GpuFigures
+        self._keys: dict = {}  # metric key -> (GpuFigures, metric) or None: parsed once each
 
     def add(self, t: float, metrics: dict) -> None:
         for key, value in metrics.items():
-            m = _GPU_KEY.match(key)
-            if m:
-                gpu = (m["host"], int(m["index"]))
-                if gpu not in self.gpus:
-                    self.gpus[gpu] = GpuFigures()
-                self.gpus[gpu].add(m["metric"], t, value)
+            target = self._keys.get(key, False)
+            if target is False:
+                target = self._keys[key] = self._target(key)
+            if target is not None:
+                target[0].add(target[1], t, value)
+
+    def _target(self, key: str):
+        m = _GPU_KEY.match(key)
+        if m is None:
+            return None
+        gpu = (m["host"], int(m["index"]))
+        return self.gpus.setdefault(gpu, GpuFigures()), m["metric"]
 
     def summaries(self, memory_totals: dict) -> dict:
         return {gpu: figures.figures(memory_totals.get(gpu, 0.0))

@@ -5,6 +5,9 @@ STATE=${HARNESS_SLURM_DEV:-/tmp/lars-slurm-dev}
 export SLURM_CONF=$STATE/slurm.conf
 [[ -f $SLURM_CONF ]] || exit 0
 scancel --full --quiet --user="$(id -un)" 2>/dev/null
+# Until the jobs have gone: a job step outlives the daemons that started it and would keep
+# training (and holding its files) after this script has said "stopped".
+for _ in $(seq 60); do [[ -z $(squeue -h 2>/dev/null) ]] && break; sleep 0.5; done
 for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
     pid=$(cat "$pidfile" 2>/dev/null) || continue
     kill "$pid" 2>/dev/null || continue

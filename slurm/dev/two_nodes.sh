@@ -19,6 +19,7 @@ die() { echo "slurm-2n: error: $*" >&2; exit 1; }
 
 network_up() {
     ip link show "$BRIDGE" >/dev/null 2>&1 && return 0
+    network_down  # what a killed run left: namespaces, veth ends, their processes
     ip link add "$BRIDGE" type bridge
     ip addr add "$NET.1/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
@@ -36,7 +37,13 @@ network_up() {
 
 network_down() {
     local node
-    for node in "${NODES[@]}"; do ip netns del "$node" 2>/dev/null || true; done
+    for node in "${NODES[@]}"; do
+        # A job step's processes outlive the daemons that started them, and hold the namespace
+        # (and its veth end) alive after `ip netns del`: the next start would find them.
+        ip netns pids "$node" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns del "$node" 2>/dev/null || true
+        ip link del "v$node" 2>/dev/null || true
+    done
     ip link del "$BRIDGE" 2>/dev/null || true
 }
 
@@ -146,6 +153,7 @@ start() {
 stop() {
     export SLURM_CONF=$STATE/slurm.conf
     scancel --full --quiet 2>/dev/null || true
+    for _ in $(seq 60); do [[ -z $(squeue -h 2>/dev/null) ]] && break; sleep 0.5; done
     for pidfile in "$STATE"/slurmd-*.pid "$STATE/slurmctld.pid"; do
         pid=$(cat "$pidfile" 2>/dev/null) || continue
         kill "$pid" 2>/dev/null || true
