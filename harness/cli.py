@@ -164,6 +164,25 @@ def build_parser() -> OneLineParser:
                        "tunnel's name); its own names and addresses are allowed already")
     imp = sub.add_parser("import", help="send a fallback file's metrics to MLflow")
     imp.add_argument("file")
+
+    p = verbs.add_parser("data", help="shard folders: pack a data set, inspect one")
+    sub = p.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    pack = sub.add_parser("pack", help="an .npz, HDF5 file, FITS folder or job's data into shards")
+    pack.add_argument("src", help="mnist.npz, data.h5, a folder of FITS cut-outs (one subfolder "
+                      "per class), or a job spec (its load_data)")
+    pack.add_argument("dest", help="the new shard folder")
+    pack.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="with a job spec: override a spec field (repeatable)")
+    pack.add_argument("--shard-mb", type=float, default=256.0,
+                      help="about this many MB per shard file (default 256)")
+    pack.add_argument("--val-fraction", type=float, default=0.1,
+                      help="FITS folders: the share of files for validation (default 0.1)")
+    pack.add_argument("--test-fraction", type=float, default=0.1,
+                      help="FITS folders: the share of files held out for testing (default 0.1)")
+    pack.add_argument("--seed", type=int, default=0, help="FITS folders: the split's draw")
+    look = sub.add_parser("inspect", help="print a shard folder's manifest and check its files")
+    look.add_argument("folder")
+    look.add_argument("--full", action="store_true", help="also check every file's SHA-256")
     return parser
 
 
@@ -323,9 +342,17 @@ def cmd_tracking(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from harness.data import pack
+    if args.action == "inspect":
+        return pack.inspect(args.folder, args.full)
+    return pack.main(args.src, args.dest, args.overrides, args.shard_mb, args.val_fraction,
+                     args.test_fraction, args.seed)
+
+
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "render": cmd_render, "submit": cmd_submit,
             "sweep": cmd_sweep, "status": cmd_status, "scale": cmd_scale, "probe": cmd_probe, "report": cmd_report,
-            "tracking": cmd_tracking}
+            "tracking": cmd_tracking, "data": cmd_data}
 
 
 def main(argv=None) -> int:

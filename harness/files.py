@@ -27,6 +27,10 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# A shard folder's manifest (harness/data/shards.py); the spec loader knows a folder by it.
+SHARD_MANIFEST = "shards.json"
+
+
 def write_csv(rows: Sequence[Mapping], columns: Sequence[str], path: Path) -> Path:
     """A results table (a sweep's points, a scaling run's sizes, a forecast), one row per
     mapping, ``columns`` in that order (missing values empty), written atomically."""

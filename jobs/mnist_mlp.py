@@ -9,6 +9,10 @@ y_test).  With ``data.path`` empty the Keras cache (~/.keras/datasets/mnist.npz)
 is used; compute nodes have no internet, so fetch it once on a machine that has:
 ``python -c "import tensorflow as tf; tf.keras.datasets.mnist.load_data()"``.
 As in the lecture, the test split serves as validation.
+
+``data.path`` may also name a shard folder (``harness data pack mnist.npz DIR``): the harness
+then streams it, each rank its own files, and ``preprocess`` scales each batch as ``load_data``
+scales the arrays.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ KERAS_CACHE = os.path.expanduser("~/.keras/datasets/mnist.npz")
 
 @dataclass(frozen=True)
 class Data:
-    path: str = field(default="", metadata=doc("mnist.npz; empty: the Keras cache", file=True))
+    path: str = field(default="", metadata=doc("mnist.npz, or a shard folder (harness data pack); "
+                                               "empty: the Keras cache", file=True))
     limit: int = field(default=0, metadata=doc("use only the first N training images; 0: all"))
 
     def __post_init__(self):
@@ -37,6 +42,9 @@ class Data:
                              "as tf; tf.keras.datasets.mnist.load_data()\" or set data.path")
         if self.limit < 0:
             raise FieldError("limit", self.limit, "use 0 (all) or a positive number")
+        if self.limit and os.path.isdir(self.path):
+            raise FieldError("limit", self.limit, "applies to an .npz; a shard folder streams "
+                             "every image it holds (pack fewer)")
 
 
 def load_data(data: Data, seed: int) -> Splits:
@@ -51,6 +59,12 @@ def load_data(data: Data, seed: int) -> Splits:
         x_train, y_train = x_train[:data.limit], y_train[:data.limit]
     scale = lambda x: (x / 255.0).astype(np.float32)  # noqa: E731  pixels 0..255 -> 0..1
     return Splits(scale(x_train), y_train.astype(np.int64), scale(x_test), y_test.astype(np.int64))
+
+
+def preprocess(x, y):
+    """A streamed batch as load_data gives the arrays: pixels 0..1 in float32, int64 labels."""
+    import tensorflow as tf
+    return tf.cast(x, tf.float32) / 255.0, tf.cast(y, tf.int64)
 
 
 def build_model(data: Data):

@@ -1,4 +1,4 @@
-"""Imports point one way: CLI -> scaling | sweep -> group -> runtime -> slurm | tracking | telemetry -> spec -> base.
+"""Imports point one way: CLI -> scaling | sweep -> group -> runtime -> slurm | tracking | telemetry | data -> spec -> base.
 
 An AST walk over every module (imports inside functions included, since the CLI imports lazily)
 checks that no module imports a layer above its own, and that the three middle packages, which
@@ -19,7 +19,7 @@ LAYERS = [
     ["harness.scaling", "harness.sweep"],  # peers: orchestrate runs, never each other
     ["harness.group"],  # the core both share: points, parent and child runs, the local runner
     ["harness.runtime"],
-    ["slurm", "tracking", "harness.telemetry"],  # peers: none imports another
+    ["slurm", "tracking", "harness.telemetry", "harness.data"],  # peers: none imports another
     ["harness.spec"],
     ["harness.engines"],  # which engine runs in which environment (package metadata only)
     ["harness.errors", "harness.files", "harness.entrypoints"],

@@ -22,6 +22,8 @@ EXPECTED = {
     "report": {"run_id"},
     "tracking serve": {"--backend", "--host", "--port", "--artifacts", "--auth", "--allow-host"},
     "tracking import": {"file"},
+    "data pack": {"src", "dest", "--set", "--shard-mb", "--val-fraction", "--test-fraction", "--seed"},
+    "data inspect": {"folder", "--full"},
 }
 
 

@@ -88,10 +88,24 @@ def test_diabetes_two_processes_and_resume_is_one_complete_run(workdir, pima_csv
     assert "Overfitting verdict" in html and "data:image/png;base64," in html
 
 
-def test_mnist_one_epoch(workdir, mnist_npz, engine):
-    out = _ok(run_cli("run", JOBS / "mnist_mlp.yaml", "--np", 2, "--set", f"data.path={mnist_npz}",
-                      "--set", "training.epochs=1", *on_engine(engine), cwd=workdir))
-    assert "epoch 1/1" in out and "val_accuracy" in out
+def test_mnist_streamed_from_shards_on_two_ranks(workdir, mnist_npz, engine):
+    """The MNIST job on a shard folder: each rank streams its own files (tests/test_data.py
+    shows which samples each reads); the run describes the data by its manifest."""
+    from harness.data import shards as fmt
+    packed = run_cli("data", "pack", mnist_npz, workdir / "mnist", "--shard-mb", "0.1", cwd=workdir)
+    assert packed.returncode == 0, packed.stderr
+    shards = fmt.read(workdir / "mnist")
+    out = _ok(run_cli("run", JOBS / "mnist_mlp.yaml", "--np", 2, "--set", f"data.path={shards.folder}",
+                      "--set", "training.epochs=2", "--set", "training.batch_size=32",
+                      *on_engine(engine), cwd=workdir))
+    assert re.search(rf"data: streaming 512 samples from {len(shards.split('train'))} file\(s\) "
+                     r"in \S+; this rank reads \d+ file\(s\), \d+ samples; validating on test", out)
+    assert "epoch 2/2" in out and "val_accuracy" in out
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("mnist_mlp").experiment_id])[0]
+    [given] = run.inputs.dataset_inputs
+    assert given.dataset.digest == shards.digest and given.dataset.name == "mnist_mlp-train"
+    assert '"num_samples": 512' in given.dataset.profile and str(mnist_npz) in given.dataset.source
 
 
 def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir, engine):

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from tracking.tracker import NullTracker
 
 QUEUED = ("log_params", "set_tags", "log_metrics", "log_system_metrics", "log_artifact",
-          "log_dict", "log_dataset")
+          "log_dict", "log_dataset", "log_dataset_description")
 WARM_MODULES = ("tracking.report",)  # matplotlib: about 1.5 s of the end of every run
 
 

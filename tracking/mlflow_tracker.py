@@ -286,6 +286,20 @@ class MlflowTracker:
             print(f"tracking: could not log the {name} dataset ({type(e).__name__}: {e})",
                   flush=True)
 
+    def log_dataset_description(self, name: str, digest: str, source: Mapping, profile: Mapping,
+                                schema: Mapping, context: str) -> None:
+        """A dataset input described without its data (a shard folder's manifest): MLflow keeps
+        the name, digest, source, sample count and schema, and never sees an array."""
+        try:
+            entity = Dataset(name=name, digest=digest, source_type="local",
+                             source=json.dumps({k: str(v) for k, v in source.items()}),
+                             schema=json.dumps(dict(schema)), profile=json.dumps(dict(profile)))
+            self.client.log_inputs(self.run_id, [DatasetInput(
+                entity, [InputTag("mlflow.data.context", context)])])
+        except Exception as e:  # a description of the data: never fail training for it
+            print(f"tracking: could not log the {name} dataset ({type(e).__name__}: {e})",
+                  flush=True)
+
     def log_model(self, model) -> None:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:

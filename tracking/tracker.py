@@ -37,6 +37,10 @@ class Tracker(Protocol):
     def log_dataset(self, name: str, features, targets, source: Mapping, context: str) -> None:
         """The data a run trained on, as an MLflow dataset input (name, digest, schema, shape)."""
 
+    def log_dataset_description(self, name: str, digest: str, source: Mapping, profile: Mapping,
+                                schema: Mapping, context: str) -> None:
+        """A dataset input from a description (a shard manifest), without the data itself."""
+
     def log_summary(self, spec, history, final, verdict, marks=None, telemetry_lines=(),
                     timeline=None) -> None:
         """The loss-curve PNG and the HTML report."""
@@ -79,6 +83,10 @@ class NullTracker:
         pass
 
     def log_dataset(self, name: str, features, targets, source: Mapping, context: str) -> None:
+        pass
+
+    def log_dataset_description(self, name: str, digest: str, source: Mapping, profile: Mapping,
+                                schema: Mapping, context: str) -> None:
         pass
 
     def log_summary(self, spec, history, final, verdict, marks=None, telemetry_lines=(),

@@ -26,6 +26,7 @@ from typing import Optional
 from harness import engines
 from harness.engines import python_for
 from harness.entrypoints import worker_command
+from harness.errors import UserError
 from harness.runtime.failure import sentence
 from harness.spec.manifest import Manifest
 _PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")  # gloo [1], mpirun [1,0]
@@ -173,6 +174,9 @@ class Supervisor:
             return 130
         if self.failed_at is None:
             return 0
+        code = self.report.code if self.report.code is not None else self.failed_code
+        if code == UserError.exit_code:  # a rank refused its input and said why: so does the run
+            return UserError.exit_code
         reason = self.report.describe(self.failed_code)
         if len(procs) > 1:  # the supervisor stopped the others itself: say how fast
             reason = reason.replace("were stopped", f"were stopped within {stopped_s:.1f} s")

@@ -23,6 +23,7 @@ def prepare_points(points: Iterable[Point]) -> int:
     """Each distinct data section once; how many ``prepare_data`` calls that took."""
     done = []
     for point in points:
+        verify_shards(point.spec.data)
         job = resolve_job(point.spec.job, Path(point.spec.spec_path).parent)
         if hasattr(job, "prepare_data") and point.spec.data not in done:
             started = time.monotonic()
@@ -31,6 +32,27 @@ def prepare_points(points: Iterable[Point]) -> int:
             print(f"prepare: {point.spec.name} data ready in {time.monotonic() - started:.1f} s",
                   flush=True)
     return len(done)
+
+
+def verify_shards(data) -> None:
+    """A shard folder the job streams: every file there, whole, unchanged and with its records
+    (exit 2 naming the file), before any rank starts.  Files verified before are not reread."""
+    from harness.data import shards as fmt
+    folder = getattr(data, "path", "")
+    if not fmt.is_shard_folder(folder):
+        return
+    started = time.monotonic()
+    shards = fmt.read(folder)
+    read = fmt.verify(shards, cache=verified_cache())
+    if read:
+        print(f"prepare: {read} shard file(s) of {shards.folder} verified (SHA-256, record "
+              f"counts) in {time.monotonic() - started:.1f} s", flush=True)
+
+
+def verified_cache() -> Path:
+    import os
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lars-harness" / "verified-shards.json"
 
 
 def prepare_launch(launch: Manifest, index: int | None = None) -> int:

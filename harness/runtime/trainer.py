@@ -19,12 +19,11 @@ import tensorflow as tf
 from harness.runtime import callbacks as cb
 from harness.runtime import checkpoint, overfitting
 from slurm import preemption
-from harness.runtime import sharding
+from harness.runtime import inputs
 from harness.runtime.distributed import ProcessContext, trainable_fingerprints
 from harness.errors import RunFailed
-from harness.spec.jobs import Splits
 from harness.runtime.lr import scaled_rate
-from harness.spec.schema import JobSpec, TrainingSpec
+from harness.spec.schema import JobSpec
 
 @dataclass
 class Outcome:
@@ -37,51 +36,6 @@ class Outcome:
     restored_val_loss: Optional[float] = None  # val_loss of the restored best weights, measured
     model: object = None
     epoch_ends: list = field(default_factory=list)  # wall-clock time of each epoch's end
-
-
-def shard_dataset(x: np.ndarray, y: np.ndarray, ctx: ProcessContext, training: TrainingSpec,
-                  start_epoch: int) -> tuple[tf.data.Dataset, int]:
-    """This rank's shard, reshuffled each epoch, in exactly the same number of steps as every rank."""
-    shard = sharding.shard_indices(len(x), ctx.rank, ctx.size)
-    steps = sharding.steps_per_epoch(len(x), ctx.size, training.batch_size)
-    epoch = [start_epoch]
-
-    def batches():
-        # Called once per epoch by Keras (the dataset is finite), so it counts epochs itself.
-        for idx in sharding.epoch_batches(shard, steps, training.seed + ctx.rank, epoch[0]):
-            yield x[idx], y[idx]
-        epoch[0] += 1
-
-    signature = (tf.TensorSpec((None,) + x.shape[1:], tf.as_dtype(x.dtype)),
-                 tf.TensorSpec((None,) + y.shape[1:], tf.as_dtype(y.dtype)))
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    return dataset.prefetch(2), steps
-
-
-def training_batches(job: ModuleType, spec: JobSpec, splits: Splits, ctx: ProcessContext,
-                     start_epoch: int) -> tuple[tf.data.Dataset, int, np.ndarray]:
-    """The training dataset, its steps per epoch and the samples per step over all ranks."""
-    n_train, batch = len(splits.x_train), spec.training.batch_size
-    if hasattr(job, "device_batches"):  # synthetic data made on the device: no input pipeline
-        steps = sharding.steps_per_epoch(n_train, ctx.size, batch)
-        dataset = job.device_batches(spec.data, batch, steps, spec.training.seed + ctx.rank)
-        return dataset, steps, np.full(steps, batch * ctx.size)
-    dataset, steps = shard_dataset(splits.x_train, splits.y_train, ctx, spec.training, start_epoch)
-    return dataset, steps, sharding.global_batch_sizes(n_train, ctx.size, steps)
-
-
-def element_specs(dataset) -> tuple:
-    """(x, y) shapes and types of a (possibly distributed) dataset's batches."""
-    return tuple(dataset.element_spec)
-
-
-def validation_dataset(job: ModuleType, spec: JobSpec, splits: Splits,
-                       ctx: ProcessContext) -> tf.data.Dataset:
-    """This rank's share of the validation set; the engine averages the results."""
-    if hasattr(job, "device_batches"):
-        return job.device_batches(spec.data, spec.training.batch_size, 2, spec.training.seed + 10_000)
-    idx = sharding.shard_indices(len(splits.x_val), ctx.rank, ctx.size)
-    return tf.data.Dataset.from_tensor_slices((splits.x_val[idx], splits.y_val[idx])).batch(512)
 
 
 def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[tf.keras.Model, float]:
@@ -98,33 +52,33 @@ def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[
 
 def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
           resume_state: Optional[checkpoint.CheckpointState]) -> Outcome:
-    splits: Splits = job.load_data(spec.data, spec.training.seed)
+    start = resume_state.epoch if resume_state is not None else 0
+    data = inputs.for_job(job, spec, ctx, start)
     if resume_state is None:  # what the run trained on: name, digest, shape (rank 0 records it)
-        tracker.log_dataset(f"{spec.name}-train", splits.x_train, splits.y_train,
-                            {"job": spec.job, "spec": spec.spec_path}, "training")
+        data.describe(tracker, spec)
     model, target_lr = compile_model(job, spec, ctx)
+    data.check_fits(model, spec)
     engine = ctx.engine
     history, best_weights = [], None
-    start = resume_state.epoch if resume_state is not None else 0
-    train_ds, steps, per_step = training_batches(job, spec, splits, ctx, start)
     # Every variable (optimizer slots too) exists before training: a checkpoint taken before
     # the first step holds them all, and a restore has somewhere to put them.
-    engine.prepare(model, *element_specs(train_ds))
+    engine.prepare(model, *data.element_specs)
     if resume_state is not None:
         # Every rank reads the checkpoint (it lives on a shared filesystem), so all start equal.
         state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer, engine)
         history, start, best_weights = list(state.history), state.epoch, state.best_weights
     t = spec.training
     watch = cb.OverfitWatch(history, t.patience, t.min_delta, t.early_stopping, best_weights)
-    callbacks = callbacks_for(spec, ctx, tracker, watch, steps, per_step, target_lr,
+    callbacks = callbacks_for(spec, ctx, tracker, watch, data.steps, data.per_step, target_lr,
                               resumed=resume_state is not None, start=start)
-    validation = engine.distribute(validation_dataset(job, spec, splits, ctx))
+    validation = engine.distribute(data.validation)
     if start < t.epochs and not already_stopped(watch, model):
         try:
-            model.fit(engine.distribute(train_ds, training=True),
-                      validation_data=validation, epochs=t.epochs, initial_epoch=start,
-                      callbacks=callbacks, verbose=0, shuffle=False,  # each rank shuffles its shard
-                      **engine.fit_options(steps))
+            with data.reading():  # a record that fails to decode names its file
+                model.fit(engine.distribute(data.train, training=True),
+                          validation_data=validation, epochs=t.epochs, initial_epoch=start,
+                          callbacks=callbacks, verbose=0, shuffle=False,  # ranks shuffle their own
+                          **{**engine.fit_options(data.steps), **data.fit_options})
         except preemption.Preempted as stop:
             stop.checkpoint_epoch = leave_checkpoint(callbacks, ctx)
             raise
@@ -132,7 +86,7 @@ def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
     check_ranks_agree(model, ctx)
     final = {}
     if ctx.is_chief and hasattr(job, "evaluate"):
-        final = job.evaluate(engine.chief_model(model, job), splits)
+        final = job.evaluate(engine.chief_model(model, job), data.held_out())
     clock = next(c for c in callbacks if isinstance(c, cb.EpochClock))
     return Outcome(history=history, start_epoch=start, final=final,
                    stopped_early_at=watch.stopped_at, restored_val_loss=restored, model=model,

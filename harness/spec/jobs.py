@@ -12,6 +12,9 @@ A job is one readable Python file beside its YAML spec.  It provides:
     run once, before the processes start (simulate or download into a cache).
 ``evaluate(model, splits) -> dict`` (optional)
     final figures on held-out data (for example test accuracy, ROC AUC), rank 0 only.
+``preprocess(x, y) -> (x, y)`` (optional)
+    TensorFlow ops on one batch streamed from a shard folder (``data.path`` naming a folder
+    made by ``harness data pack``), doing what ``load_data`` does to its arrays.
 
 Job modules import TensorFlow inside their functions so that validating a
 spec stays fast and never needs TensorFlow.

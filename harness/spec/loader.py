@@ -10,6 +10,7 @@ from typing import Iterable
 import yaml
 
 from harness.errors import UserError
+from harness.files import SHARD_MANIFEST
 from harness.spec.jobs import resolve_job
 from harness.spec.schema import JobSpec, build
 
@@ -72,8 +73,11 @@ def _file_resolver(spec_dir: Path, from_cli: set[str]):
         if not path.exists():
             raise UserError(f"{dotted}={value!r}: file not found ({path}); "
                             f"point it at your copy, for example --set {dotted}=/path/to/file")
+        if path.is_dir() and (path / SHARD_MANIFEST).is_file():
+            return str(path)  # a shard folder (harness data pack): streamed, checked at start
         if not path.is_file():
-            raise UserError(f"{dotted}={value!r}: not a file ({path}); give the file's path")
+            raise UserError(f"{dotted}={value!r}: not a file ({path}); give the file's path, or "
+                            "a shard folder made by `harness data pack`")
         if not os.access(path, os.R_OK):
             raise UserError(f"{dotted}={value!r}: file not readable ({path}); check its permissions")
         return str(path)

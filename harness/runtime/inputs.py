@@ -1,0 +1,165 @@
+"""What a rank trains and validates on: the job's arrays in memory, or a shard folder streamed.
+
+A job whose ``data.path`` names a shard folder (``harness data pack``) is streamed
+(harness/runtime/streaming.py): no rank ever holds the set, each reads its own whole files.
+Otherwise the job's ``load_data`` gives the arrays and each rank cuts its shard from them (small
+data such as the diabetes CSV).  Either way the trainer sees the same ``Inputs``: a training
+dataset of ``steps`` batches per epoch on every rank, a validation dataset, and how to describe
+the data to MLflow.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from harness.data import shards as fmt
+from harness.errors import RunFailed
+from harness.runtime import sharding
+from harness.runtime.distributed import ProcessContext
+from harness.spec.jobs import Splits
+from harness.spec.schema import JobSpec, TrainingSpec
+
+
+@dataclass
+class Inputs:
+    train: tf.data.Dataset
+    steps: int  # per epoch, on every rank
+    per_step: np.ndarray  # samples per step over all ranks
+    validation: tf.data.Dataset
+    splits: Optional[Splits] = None  # the arrays (in memory)
+    shards: Optional[fmt.ShardSet] = None  # the shard folder (streamed)
+    rank_files: tuple = ()  # this rank's training files (streamed)
+    fit_options: dict = field(default_factory=dict)
+    preprocess: object = None
+
+    @property
+    def element_specs(self) -> tuple:
+        return tuple(self.train.element_spec)
+
+    def describe(self, tracker, spec: JobSpec) -> None:
+        """MLflow's dataset input: the arrays' digest and shape, or the manifest's facts."""
+        name = f"{spec.name}-train"
+        if self.shards is None:
+            tracker.log_dataset(name, self.splits.x_train, self.splits.y_train,
+                                {"job": spec.job, "spec": spec.spec_path}, "training")
+            return
+        s = self.shards
+        tracker.log_dataset_description(
+            name, s.digest, {"shards": str(s.folder), **s.source},
+            {"num_samples": s.samples("train"), "files": len(s.split("train")),
+             "bytes": sum(f.bytes for f in s.split("train")),
+             **{f"{split}_samples": s.samples(split) for split in s.splits}},
+            {"x": {"shape": list(s.x.shape), "dtype": s.x.dtype},
+             "y": {"shape": list(s.y.shape), "dtype": s.y.dtype}}, "training")
+
+    def check_fits(self, model, spec: JobSpec) -> None:
+        """Samples that do not fit the model are refused before the first step (exit 2)."""
+        if self.shards is not None:
+            fmt.check_sample_shape(self.shards, tuple(model.input_shape), f"{spec.name}'s model")
+
+    @contextlib.contextmanager
+    def reading(self):
+        """A record that fails to decode mid-epoch fails the run naming its file."""
+        if self.shards is None:
+            yield
+            return
+        try:
+            yield
+        except tf.errors.DataLossError as e:
+            raise RunFailed(f"{corrupt_file(self.rank_files, self.shards) or self.shards.folder}: "
+                            f"a record fails to decode ({e.message.splitlines()[0]}); the last "
+                            "checkpoint is kept; repack the file or restore it") from None
+
+    def held_out(self) -> Splits:
+        """The arrays the job's ``evaluate`` reads; streamed, the test split is read here once
+        (rank 0, after training), the validation split when there is no test split."""
+        if self.shards is None:
+            return self.splits
+        from harness.runtime import streaming
+        split = "test" if "test" in self.shards.splits else streaming.validation_split(self.shards)
+        xs, ys = [], []
+        for x, y in streaming.evaluation_dataset(self.shards, split, 0, 1, self.preprocess):
+            xs.append(x.numpy())
+            ys.append(y.numpy())
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        return Splits(x[:0], y[:0], x[:0], y[:0], x, y)
+
+
+def corrupt_file(files, shards: fmt.ShardSet) -> Optional[str]:
+    """The first of ``files`` whose records do not all decode (read again, one at a time)."""
+    for f in files:
+        path = str(shards.folder / f.name)
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except tf.errors.DataLossError:
+            return path
+    return None
+
+
+def for_job(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int) -> Inputs:
+    folder = getattr(spec.data, "path", "")
+    if fmt.is_shard_folder(folder):
+        return streamed(job, spec, ctx, start_epoch, fmt.read(folder))
+    return in_memory(job, spec, ctx, start_epoch)
+
+
+def streamed(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int,
+             shards: fmt.ShardSet) -> Inputs:
+    from harness.runtime import streaming
+    t = spec.training
+    validate_on = streaming.validation_split(shards)
+    if ctx.is_chief:  # every file there with its size: a short read would end an epoch early
+        fmt.check(shards, splits=["train", validate_on])
+    share = streaming.rank_share(shards, ctx.rank, ctx.size, t.batch_size, t.seed)
+    preprocess = getattr(job, "preprocess", None)
+    train = streaming.training_dataset(shards, share, ctx.rank, t.seed, start_epoch, t.epochs,
+                                       preprocess)
+    validation = streaming.evaluation_dataset(shards, validate_on, ctx.rank, ctx.size, preprocess)
+    if ctx.is_chief:
+        print(f"data: streaming {shards.samples('train')} samples from {len(shards.split('train'))} "
+              f"file(s) in {shards.folder}; this rank reads {len(share.files)} file(s), "
+              f"{share.samples} samples; validating on {validate_on}", flush=True)
+    # One dataset for the whole run: fit counts each epoch's steps (every engine).
+    return Inputs(train, share.steps, share.per_step, validation, shards=shards,
+                  rank_files=share.files, fit_options={"steps_per_epoch": share.steps},
+                  preprocess=preprocess)
+
+
+def in_memory(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int) -> Inputs:
+    splits: Splits = job.load_data(spec.data, spec.training.seed)
+    n_train, batch = len(splits.x_train), spec.training.batch_size
+    if hasattr(job, "device_batches"):  # synthetic data made on the device: no input pipeline
+        steps = sharding.steps_per_epoch(n_train, ctx.size, batch)
+        train = job.device_batches(spec.data, batch, steps, spec.training.seed + ctx.rank)
+        validation = job.device_batches(spec.data, batch, 2, spec.training.seed + 10_000)
+        return Inputs(train, steps, np.full(steps, batch * ctx.size), validation, splits)
+    train, steps = shard_dataset(splits.x_train, splits.y_train, ctx, spec.training, start_epoch)
+    idx = sharding.shard_indices(len(splits.x_val), ctx.rank, ctx.size)
+    validation = tf.data.Dataset.from_tensor_slices((splits.x_val[idx], splits.y_val[idx])).batch(512)
+    return Inputs(train, steps, sharding.global_batch_sizes(n_train, ctx.size, steps), validation,
+                  splits)
+
+
+def shard_dataset(x: np.ndarray, y: np.ndarray, ctx: ProcessContext, training: TrainingSpec,
+                  start_epoch: int) -> tuple[tf.data.Dataset, int]:
+    """This rank's shard, reshuffled each epoch, in exactly the same number of steps as every rank."""
+    shard = sharding.shard_indices(len(x), ctx.rank, ctx.size)
+    steps = sharding.steps_per_epoch(len(x), ctx.size, training.batch_size)
+    epoch = [start_epoch]
+
+    def batches():
+        # Called once per epoch by Keras (the dataset is finite), so it counts epochs itself.
+        for idx in sharding.epoch_batches(shard, steps, training.seed + ctx.rank, epoch[0]):
+            yield x[idx], y[idx]
+        epoch[0] += 1
+
+    signature = (tf.TensorSpec((None,) + x.shape[1:], tf.as_dtype(x.dtype)),
+                 tf.TensorSpec((None,) + y.shape[1:], tf.as_dtype(y.dtype)))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.prefetch(2), steps
