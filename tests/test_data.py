@@ -262,3 +262,46 @@ def test_the_mnist_jobs_preprocess_is_what_its_load_data_does(mnist_npz):
     np.testing.assert_array_equal(x.numpy(), splits.x_train[:64])
     np.testing.assert_array_equal(y.numpy(), splits.y_train[:64])
     assert x.dtype == tf.float32 and y.dtype == tf.int64
+
+
+def test_an_epoch_line_says_when_the_input_starves_the_steps():
+    from harness.runtime.callbacks import format_epoch
+    logs = {"loss": 0.5, "val_loss": 0.6, "lr": 1e-3, "time/epoch_s": 10.0}
+    assert "input-bound" not in format_epoch(0, 3, dict(logs, **{"time/data_wait_fraction": 0.05}))
+    line = format_epoch(0, 3, dict(logs, **{"time/data_wait_fraction": 0.31}))
+    assert "input-bound: 31% of the epoch waiting for data (try a shard folder" in line
+    short = dict(logs, **{"time/epoch_s": 0.2, "time/data_wait_fraction": 0.31})
+    assert "input-bound" not in format_epoch(0, 3, short)  # 60 ms: nothing worth saving
+
+
+def test_the_wait_clock_measures_a_slow_pipeline_and_not_a_fast_one():
+    """Steps that compute 10 ms each, fed by a pipeline that takes 30 ms a batch (nothing read
+    ahead): about three quarters of the epoch is waiting.  The same steps fed at once: little."""
+    import time
+    import tensorflow as tf
+    from harness.runtime.callbacks import InputWaitClock
+    from harness.runtime.inputs import InputWait
+
+    class Alone:  # one rank: the maximum over the ranks is its own value
+        @staticmethod
+        def agree_max(values):
+            return values
+
+    def fraction(delay_s: float) -> float:
+        def slow(x):
+            time.sleep(delay_s)
+            return x
+        wait = InputWait()
+        data = tf.data.Dataset.range(20).map(lambda x: tf.py_function(slow, [x], tf.int64))
+        batches = iter(wait.stamp(data.map(lambda x: (x,))))
+        clock, logs = InputWaitClock(wait, Alone()), {}
+        clock.on_epoch_begin(0)
+        clock.first_epoch = False
+        for step in range(20):
+            clock.on_train_batch_begin(step)
+            next(batches)  # the step asks for its batch ...
+            time.sleep(0.010)  # ... and computes
+        clock.on_epoch_end(0, logs)
+        return logs["time/data_wait_fraction"]
+    starved, fed = fraction(0.030), fraction(0.0)
+    assert 0.5 < starved < 0.9 and fed < 0.15, (starved, fed)

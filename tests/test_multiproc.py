@@ -106,6 +106,8 @@ def test_mnist_streamed_from_shards_on_two_ranks(workdir, mnist_npz, engine):
     [given] = run.inputs.dataset_inputs
     assert given.dataset.digest == shards.digest and given.dataset.name == "mnist_mlp-train"
     assert '"num_samples": 512' in given.dataset.profile and str(mnist_npz) in given.dataset.source
+    waits = client.get_metric_history(run.info.run_id, "time/data_wait_fraction")
+    assert [m.step for m in waits] == [0, 1] and all(0 <= m.value <= 1 for m in waits)
 
 
 def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir, engine):

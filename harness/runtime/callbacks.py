@@ -70,6 +70,35 @@ class EpochClock(tf.keras.callbacks.Callback):
         self.epoch_ends.append(time.time())
 
 
+INPUT_BOUND = 0.10  # the share of step time waiting for input above which the epoch line says so
+INPUT_BOUND_MIN_S = 1.0  # ... when the epoch waited at least this long in all
+
+
+class InputWaitClock(tf.keras.callbacks.Callback):
+    """``time/data_wait_fraction``: the share of the epoch the steps spent waiting for their
+    batch, the largest over the ranks (every rank calls this, so the maximum is a collective)."""
+
+    def __init__(self, wait, engine):
+        super().__init__()
+        self.wait, self.engine = wait, engine
+        self.first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began, self.started = [], time.perf_counter()
+        self.wait.delivered.clear()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.began.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        pairs = list(zip(self.began, self.wait.delivered))
+        if self.first_epoch:  # the first step traces the graph: not waiting for data
+            pairs, self.first_epoch = pairs[1:], False
+        waited = sum(max(0.0, delivered - began) for began, delivered in pairs)
+        fraction = waited / max(time.perf_counter() - self.started, 1e-9)
+        logs["time/data_wait_fraction"] = float(self.engine.agree_max(np.array([fraction]))[0])
+
+
 class OverfitWatch(tf.keras.callbacks.Callback):
     """Keeps the epoch history and the best weights, and stops early as Keras' EarlyStopping does.
 
@@ -118,6 +147,12 @@ def format_epoch(epoch: int, total: int, logs: dict) -> str:
     parts.append(f"{logs.get('time/epoch_s', 0.0):.1f}s")
     if "throughput/samples_per_sec" in logs:
         parts.append(f"{logs['throughput/samples_per_sec']:.0f} samples/s")
+    waited = logs.get("time/data_wait_fraction", 0.0)
+    # Said when it costs time worth saving: a 0.2 s epoch of the diabetes CSV is not starving.
+    if waited > INPUT_BOUND and waited * logs.get("time/epoch_s", 0.0) >= INPUT_BOUND_MIN_S:
+        parts.append(f"input-bound: {waited:.0%} of the epoch waiting for data (try a shard "
+                     "folder from `harness data pack` for parallel reads, more CPU cores per "
+                     "rank for the readers, or the shards on the node's local disk)")
     return "  ".join(parts)
 
 

@@ -36,6 +36,7 @@ class Inputs:
     rank_files: tuple = ()  # this rank's training files (streamed)
     fit_options: dict = field(default_factory=dict)
     preprocess: object = None
+    wait: Optional["InputWait"] = None  # when the input is a pipeline (not made on the device)
 
     @property
     def element_specs(self) -> tuple:
@@ -105,8 +106,13 @@ def corrupt_file(files, shards: fmt.ShardSet) -> Optional[str]:
 def for_job(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int) -> Inputs:
     folder = getattr(spec.data, "path", "")
     if fmt.is_shard_folder(folder):
-        return streamed(job, spec, ctx, start_epoch, fmt.read(folder))
-    return in_memory(job, spec, ctx, start_epoch)
+        data = streamed(job, spec, ctx, start_epoch, fmt.read(folder))
+    else:
+        data = in_memory(job, spec, ctx, start_epoch)
+    if not hasattr(job, "device_batches"):
+        data.wait = InputWait()
+        data.train = data.wait.stamp(data.train)
+    return data
 
 
 def streamed(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int,
@@ -163,3 +169,25 @@ def shard_dataset(x: np.ndarray, y: np.ndarray, ctx: ProcessContext, training: T
                  tf.TensorSpec((None,) + y.shape[1:], tf.as_dtype(y.dtype)))
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     return dataset.prefetch(2), steps
+
+
+class InputWait:
+    """How long each step waited for its batch: the time the pipeline handed the batch over
+    (stamped by the last stage, which runs when the step asks) minus the time the step began.
+    A fraction of the epoch near 0 means the input keeps up; above 10% the GPUs starve."""
+
+    def __init__(self):
+        self.delivered: list[float] = []
+
+    def stamp(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        import time
+
+        def delivered():
+            self.delivered.append(time.perf_counter())
+            return np.int64(0)
+
+        def passed_on(*batch):
+            token = tf.py_function(delivered, [], tf.int64)
+            with tf.control_dependencies([token]):
+                return tuple(tf.identity(t) for t in batch)
+        return dataset.map(passed_on)  # after the prefetch: runs in the step's own request

@@ -70,7 +70,7 @@ def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
     t = spec.training
     watch = cb.OverfitWatch(history, t.patience, t.min_delta, t.early_stopping, best_weights)
     callbacks = callbacks_for(spec, ctx, tracker, watch, data.steps, data.per_step, target_lr,
-                              resumed=resume_state is not None, start=start)
+                              resumed=resume_state is not None, start=start, wait=data.wait)
     validation = engine.distribute(data.validation)
     if start < t.epochs and not already_stopped(watch, model):
         try:
@@ -127,7 +127,7 @@ def leave_checkpoint(callbacks: list, ctx: ProcessContext) -> int:
 
 def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.OverfitWatch,
                   steps: int, samples_per_step: np.ndarray, target_lr: float,
-                  resumed: bool = False, start: int = 0) -> list:
+                  resumed: bool = False, start: int = 0, wait=None) -> list:
     t = spec.training
     preemptible = ctx.slurm.in_step  # SLURM may send the warning signal; locally nobody does
     chain = [
@@ -136,6 +136,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         *ctx.engine.sync_callbacks(),
         cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps, ctx.engine),
         cb.EpochClock(samples_per_step, ctx.size),
+        *([cb.InputWaitClock(wait, ctx.engine)] if wait is not None else []),
         watch,
     ]
     guard = cb.PreemptionGuard(ctx.engine) if preemptible else None
