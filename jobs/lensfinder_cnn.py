@@ -5,7 +5,9 @@ The physics job of the lecture (strong-lens search with CNNs) and ``make demo``:
     .venv/bin/harness run jobs/lensfinder_cnn.yaml --np 2
 
 Images are DES-like g, r, i cut-outs simulated with lenstronomy (see
-jobs/lens_simulation.py): simulated once before training, cached, reused.
+jobs/lens_simulation.py): simulated once before training, cached, reused; or, with
+``data.path``, a shard folder streamed (``harness data pack jobs/lensfinder_cnn.yaml DIR`` packs
+the simulated, normalised images; a survey's cut-outs pack from FITS or HDF5 the same way).
 Reports validation accuracy during training and, at the end, accuracy and ROC
 AUC on held-out images never used for training or model selection.
 """
@@ -31,6 +33,10 @@ class Data:
     test_fraction: float = field(default=0.1, metadata=doc("share held out for the final ROC AUC"))
     sim_seed: int = field(default=2026, metadata=doc("seed of the simulation (the cache key)"))
     cache_dir: str = field(default=".cache/lensfinder", metadata=doc("where the set is cached"))
+    path: str = field(default="", metadata=doc(
+        "a shard folder to stream instead of simulating (harness data pack "
+        "jobs/lensfinder_cnn.yaml DIR packs this job's images, normalised); empty: simulate",
+        file=True))
 
     def __post_init__(self):
         if not 200 <= self.n_images <= 1_000_000:
@@ -43,6 +49,8 @@ class Data:
 
 
 def prepare_data(data: Data) -> None:
+    if data.path:  # a shard folder: streamed, nothing to simulate
+        return
     lens_simulation.load_or_simulate(data.cache_dir, data.n_images, data.num_pix, data.sim_seed)
 
 

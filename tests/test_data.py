@@ -305,3 +305,22 @@ def test_the_wait_clock_measures_a_slow_pipeline_and_not_a_fast_one():
         return logs["time/data_wait_fraction"]
     starved, fed = fraction(0.030), fraction(0.0)
     assert 0.5 < starved < 0.9 and fed < 0.15, (starved, fed)
+
+
+@pytest.mark.multiproc
+def test_the_lens_finder_streams_its_packed_simulation_on_two_ranks(workdir):
+    """The job's own images packed by `harness data pack SPEC` and streamed: the held-out
+    figures come from the streamed test split."""
+    lens = __import__("conftest").REPO / "jobs" / "lensfinder_cnn.yaml"
+    small = ["--set", "data.n_images=400", "--set", "data.num_pix=24"]
+    packed = run_cli("data", "pack", lens, workdir / "lenses", *small, "--shard-mb", "0.5",
+                     cwd=workdir)
+    assert packed.returncode == 0, packed.stderr[-2000:]
+    shards = fmt.read(workdir / "lenses")
+    assert shards.source["kind"] == "job" and shards.x == fmt.ArraySpec((24, 24, 3), "float32")
+    assert {s: shards.samples(s) for s in shards.splits} == {"train": 280, "val": 80, "test": 40}
+    done = run_cli("run", lens, "--np", 2, *small, "--set", f"data.path={shards.folder}",
+                   "--set", "training.epochs=1", cwd=workdir)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "data: streaming 280 samples" in done.stdout and "validating on val" in done.stdout
+    assert "test_roc_auc" in done.stdout and "simulating" not in done.stdout
