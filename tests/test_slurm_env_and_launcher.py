@@ -178,15 +178,18 @@ def _py(code: str) -> list[str]:
 
 
 def test_the_supervisor_stops_a_rank_that_ignores_sigterm_and_names_the_one_that_failed(
-        capsys, monkeypatch):
+        capsys, monkeypatch, tmp_path):
     """The tf engine's shape: one child per rank.  Rank 1 fails once rank 0 is stuck in
-    something that ignores SIGTERM (as a collective with a dead peer does); rank 0 never ends
-    by itself, so nothing here races the clock."""
+    something that ignores SIGTERM (as a collective with a dead peer does): rank 0 says so with
+    a file, rank 1 waits for it, and rank 0 never ends by itself, so nothing races the clock."""
     from harness.runtime import launcher
     monkeypatch.setattr(launcher, "STOP_GRACE_S", 0.5)
-    stuck = ("import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-             "print('epoch 1/3', flush=True); signal.pause()")
-    fails = "import sys; print('about to fail', flush=True); sys.exit(3)"
+    ready = tmp_path / "rank0-stuck"
+    stuck = ("import pathlib, signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             f"print('epoch 1/3', flush=True); pathlib.Path({str(ready)!r}).touch(); signal.pause()")
+    fails = ("import pathlib, sys, time\n"
+             f"while not pathlib.Path({str(ready)!r}).exists(): time.sleep(0.01)\n"
+             "print('about to fail', flush=True); sys.exit(3)")
     env = dict(os.environ)
     code = launcher.Supervisor([launcher.Child(_py(stuck), env, 0),
                                 launcher.Child(_py(fails), env, 1)]).run(None)
