@@ -110,10 +110,12 @@ def test_mnist_streamed_from_shards_on_two_ranks(workdir, mnist_npz, engine):
     assert [m.step for m in waits] == [0, 1] and all(0 <= m.value <= 1 for m in waits)
 
 
-def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir, engine):
+def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir, tf_engine):
+    """On the tf engine; on Horovod the lens finder trains from its packed simulation
+    (tests/test_data.py) and simulates under SLURM (tests/test_slurm.py)."""
     out = _ok(run_cli("run", JOBS / "lensfinder_cnn.yaml", "--np", 2, "--set", "data.n_images=400",
-                      "--set", "data.num_pix=32", "--set", "training.epochs=1", *on_engine(engine),
-                      cwd=workdir))
+                      "--set", "data.num_pix=32", "--set", "training.epochs=1",
+                      *on_engine(tf_engine), cwd=workdir))
     assert "simulating 400 DES-like 32x32" in out and "test_roc_auc" in out
     assert list((workdir / ".cache" / "lensfinder").glob("lenses-400x32px-*.npz"))
 
