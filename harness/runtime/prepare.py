@@ -50,9 +50,8 @@ def verify_shards(data) -> None:
 
 
 def verified_cache() -> Path:
-    import os
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "lars-harness" / "verified-shards.json"
+    from tracking.store_template import cache_dir  # the harness's one cache folder
+    return cache_dir() / "verified-shards.json"
 
 
 def prepare_launch(launch: Manifest, index: int | None = None) -> int:
