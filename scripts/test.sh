@@ -12,5 +12,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v a
 fi
 # In CI a test that can only skip here (browser) must run: the fixtures turn the skip into a failure.
 if [ -n "${CI:-}" ]; then export HARNESS_REQUIRE_ALL=1; fi
-# The slowest tests, for whoever trims the suite next.
-exec .venv/bin/python -m pytest --durations=20 "$@"
+# Two workers (this machine's two cores; TEST_WORKERS=0 runs in one process): the SLURM tests
+# and each module-scoped fixture's tests stay together on one worker (tests/conftest.py).
+# The slowest tests are listed for whoever trims the suite next.
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadgroup --durations=20 "$@"

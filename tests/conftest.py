@@ -51,6 +51,33 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
 
 ENGINES = ("horovod", "tf")
 
+# The suite runs on two pytest-xdist workers (scripts/test.sh, --dist loadgroup).  Tests that
+# share one thing that cannot be shared across processes run on one worker, in order: every SLURM
+# test (one dev cluster at a time; the two-node one times its network) and every test of a module
+# whose module-scoped fixture does real work (a sweep, a packed data set) that must happen once.
+# The SLURM chain is the longest, so it is handed out first and the other worker takes the rest.
+CLUSTER_FIXTURES = {"slurm", "two_nodes"}
+SLURM_GROUP = "slurm"
+
+
+def _worker_group(item) -> str | None:
+    if CLUSTER_FIXTURES & set(item.fixturenames) or item.get_closest_marker("slurm"):
+        return SLURM_GROUP
+    defs = item._fixtureinfo.name2fixturedefs.values()
+    if any(d[-1].scope == "module" for d in defs):
+        return item.module.__name__
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    groups = {}
+    for item in items:
+        groups[item] = _worker_group(item)
+        if groups[item]:
+            item.add_marker(pytest.mark.xdist_group(groups[item]))
+    items.sort(key=lambda item: groups[item] != SLURM_GROUP)  # stable: file order otherwise
+
 
 def _require_tf_engine() -> None:
     if not (REPO / ".venv-tf" / "bin" / "python").exists():
