@@ -4,6 +4,7 @@ throughput on data that fits.
 
     .venv/bin/python benches/streaming.py memory [--small 300000] [--large 1200000]
     .venv/bin/python benches/streaming.py speed [--samples 60000] [--lens-images 6000] [--epochs 3]
+                                                [--np 2]
 
 ``memory``: random 28x28 uint8 images (MNIST's shape) at two sizes, each as an .npz (the
 in-memory path) and as a shard folder (``harness data pack``, 64 MB shards); the MNIST MLP
@@ -89,9 +90,9 @@ class PeakMemory:
 
 
 def train(data: Path, epochs: int, work: Path, must_finish: bool = True, spec: Path = MNIST,
-          extra: tuple = ()) -> tuple[str, int, int]:
+          extra: tuple = (), ranks: int = 2) -> tuple[str, int, int]:
     """(output, the largest rank's peak memory in bytes, exit code)."""
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--np", "2",
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--np", str(ranks),
            "--set", f"training.epochs={epochs}", "--set", f"checkpoint.every_epochs={epochs}",
            "--set", "tracking.enabled=false", *extra]
     if data is not None:
@@ -174,11 +175,11 @@ def speed(args) -> int:
                     work = tmp / f"work-{job.replace(' ', '')}-{i}-{name.replace(' ', '')}"
                     work.mkdir()
                     out, _, _ = train(shards if name == "streamed" else in_memory, args.epochs,
-                                      work, spec=spec, extra=extra)
+                                      work, spec=spec, extra=extra, ranks=args.np)
                     got[name].append(rate(out))
                     print(f"  {job} {name:<9} {got[name][-1]:.0f} samples/s", flush=True)
             s, m = statistics.mean(got["streamed"]), statistics.mean(got["in memory"])
-            print(f"{job}, 2 ranks: streamed {s:.0f} samples/s, in memory {m:.0f}: ratio "
+            print(f"{job}, {args.np} rank(s): streamed {s:.0f} samples/s, in memory {m:.0f}: ratio "
                   f"streamed/in-memory {s / m:.3f} ({args.repeats} runs each, {args.epochs - 1} "
                   "timed epochs per run)", flush=True)
     return 0
@@ -192,6 +193,7 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=60_000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--np", type=int, default=2, help="speed: ranks (1 leaves a core to the input)")
     p.add_argument("--lens-images", type=int, default=6000)
     p.add_argument("--shard-mb", type=float, default=64, help="memory: shard size (default 64)")
     p.add_argument("--scratch", default=None, help="where the data goes (default: $TMPDIR)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.spec.jobs import Splits
+from harness.spec.jobs import Splits, stage_field
 from harness.spec.schema import FieldError, doc
 from jobs import lens_simulation
 
@@ -37,6 +37,7 @@ class Data:
         "a shard folder to stream instead of simulating (harness data pack "
         "jobs/lensfinder_cnn.yaml DIR packs this job's images, normalised); empty: simulate",
         file=True))
+    stage: str = stage_field()
 
     def __post_init__(self):
         if not 200 <= self.n_images <= 1_000_000:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.spec.jobs import Splits
+from harness.spec.jobs import Splits, stage_field
 from harness.spec.schema import FieldError, doc
 
 LOSS = "sparse_categorical_crossentropy"
@@ -34,6 +34,7 @@ class Data:
     path: str = field(default="", metadata=doc("mnist.npz, or a shard folder (harness data pack); "
                                                "empty: the Keras cache", file=True))
     limit: int = field(default=0, metadata=doc("use only the first N training images; 0: all"))
+    stage: str = stage_field()
 
     def __post_init__(self):
         if not self.path and not os.path.isfile(KERAS_CACHE):

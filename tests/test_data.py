@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +325,51 @@ def test_the_lens_finder_streams_its_packed_simulation_on_two_ranks(workdir):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "data: streaming 280 samples" in done.stdout and "validating on val" in done.stdout
     assert "test_roc_auc" in done.stdout and "simulating" not in done.stdout
+
+
+def test_a_staged_node_copies_its_ranks_files_and_the_validation_split_once(packed):
+    """Four ranks on two nodes: each node needs its own ranks' training files and the
+    validation split; the lowest rank of a node copies the validation files, and the test
+    split (read by rank 0 after training) goes to rank 0's node only."""
+    from harness.runtime import staging, streaming
+    shards, _, _ = packed
+    hosts = ["n1", "n1", "n2", "n2"]
+    files_of = lambda r: streaming.rank_share(shards, r, 4, 64, 7).files  # noqa: E731
+    test = shards.split("test")
+    plans = [staging.plan(shards, files_of, hosts, r, [], ["test"]) for r in range(4)]
+    assert plans[0].mine == files_of(0) + test and plans[1].mine == files_of(1)
+    assert plans[0].node == plans[1].node == files_of(0) + files_of(1) + test
+    assert plans[2].node == files_of(2) + files_of(3) and plans[2].mine == files_of(2)
+    copied = [f.name for p in plans for f in p.mine]
+    assert sorted(copied) == sorted(f.name for f in shards.files)  # every file once in the job
+
+
+def test_a_staged_copy_that_differs_from_the_manifest_is_never_read(packed, tmp_path):
+    from harness.errors import RunFailed
+    from harness.runtime import staging
+    shards, _, _ = packed
+    f = shards.split("train")[0]
+    staging.copy_verified(shards.folder / f.name, tmp_path / f.name, f.sha256)
+    assert fmt.sha256_of(tmp_path / f.name) == f.sha256
+    with pytest.raises(RunFailed, match=f"{f.name}: its copy to .* has SHA-256"):
+        staging.copy_verified(shards.folder / f.name, tmp_path / "other", "0" * 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f.name]  # no .partial left behind
+
+
+def test_the_stage_root_is_slurm_tmpdir_then_tmpdir():
+    from harness.runtime.staging import stage_root
+    assert stage_root({"SLURM_TMPDIR": "/l/job7", "TMPDIR": "/t"}) == (Path("/l/job7"), "$SLURM_TMPDIR")
+    assert stage_root({"TMPDIR": "/t"}) == (Path("/t"), "$TMPDIR")
+    assert stage_root({})[1] == "the system temporary folder"
+
+
+@pytest.mark.parametrize("value,words", [
+    ("nearby", "data.stage='nearby': use one of none, node-local"),
+    ("node-local", "data.stage='node-local': stages a shard folder (harness data pack), and "
+                   "data.path="),
+])
+def test_a_stage_that_cannot_be_done_is_refused_when_the_spec_is_read(mnist_npz, value, words):
+    from harness.spec.loader import load_spec
+    with pytest.raises(UserError) as refused:
+        load_spec(MNIST, [f"data.path={mnist_npz}", f"data.stage={value}"])
+    assert words in str(refused.value) and str(refused.value).startswith(str(MNIST))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, on_engine, run_cli
+from conftest import HARNESS, REPO, on_engine, run_cli
 
 pytestmark = pytest.mark.multiproc
 JOBS = REPO / "jobs"
@@ -88,19 +88,40 @@ def test_diabetes_two_processes_and_resume_is_one_complete_run(workdir, pima_csv
     assert "Overfitting verdict" in html and "data:image/png;base64," in html
 
 
-def test_mnist_streamed_from_shards_on_two_ranks(workdir, mnist_npz, engine):
-    """The MNIST job on a shard folder: each rank streams its own files (tests/test_data.py
-    shows which samples each reads); the run describes the data by its manifest."""
+def test_mnist_streamed_from_shards_staged_on_the_node_on_two_ranks(workdir, mnist_npz, engine):
+    """The MNIST job on a shard folder, staged (``data.stage: node-local``): while the job holds
+    after epoch 1, the node's scratch ($TMPDIR) holds every file its two ranks read, each once,
+    and the ranks stream from there (tests/test_data.py shows which samples each reads); at the
+    end the copies are gone.  The run describes the data by its manifest."""
     from harness.data import shards as fmt
     packed = run_cli("data", "pack", mnist_npz, workdir / "mnist", "--shard-mb", "0.1", cwd=workdir)
     assert packed.returncode == 0, packed.stderr
     shards = fmt.read(workdir / "mnist")
-    out = _ok(run_cli("run", JOBS / "mnist_mlp.yaml", "--np", 2, "--set", f"data.path={shards.folder}",
-                      "--set", "training.epochs=2", "--set", "training.batch_size=32",
-                      *on_engine(engine), cwd=workdir))
+    scratch, release = workdir / "scratch", workdir / "release"
+    scratch.mkdir()
+    proc = subprocess.Popen(
+        [*HARNESS, "run", str(JOBS / "mnist_mlp.yaml"), "--np", "2", "--set", f"data.path={shards.folder}",
+         "--set", "data.stage=node-local", "--set", "training.epochs=2",
+         "--set", "training.batch_size=32", *on_engine(engine)],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, TMPDIR=str(scratch), HARNESS_HOLD_AFTER_EPOCH="1",
+                 HARNESS_HOLD_RELEASE=str(release)))
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("hold: after epoch 1"):
+            break
+    [stage] = list(scratch.glob("lars-stage-*"))
+    on_disk = sorted(p.name for p in stage.iterdir())
+    release.write_text("")
+    out = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert on_disk == sorted(f.name for f in shards.files)  # train and test, each once, no .partial
+    assert f"data: staged {len(shards.files)} file(s)" in out
     assert re.search(rf"data: streaming 512 samples from {len(shards.split('train'))} file\(s\) "
-                     r"in \S+; this rank reads \d+ file\(s\), \d+ samples; validating on test", out)
+                     rf"in {stage}; this rank reads \d+ file\(s\), \d+ samples; validating on test", out)
     assert "epoch 2/2" in out and "val_accuracy" in out
+    assert not list(scratch.glob("lars-stage-*"))  # removed at the end
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("mnist_mlp").experiment_id])[0]
     [given] = run.inputs.dataset_inputs
@@ -108,6 +129,31 @@ def test_mnist_streamed_from_shards_on_two_ranks(workdir, mnist_npz, engine):
     assert '"num_samples": 512' in given.dataset.profile and str(mnist_npz) in given.dataset.source
     waits = client.get_metric_history(run.info.run_id, "time/data_wait_fraction")
     assert [m.step for m in waits] == [0, 1] and all(0 <= m.value <= 1 for m in waits)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs as the node's scratch (root)")
+def test_a_node_without_room_to_stage_is_refused_before_copying(workdir, mnist_npz, tmp_path):
+    """A real disk too small for the node's shards: one line with what is needed and free,
+    exit 2, nothing left on the disk."""
+    packed = run_cli("data", "pack", mnist_npz, workdir / "mnist", "--shard-mb", "0.1", cwd=workdir)
+    assert packed.returncode == 0, packed.stderr
+    scratch = tmp_path / "small"
+    scratch.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(scratch)], check=True)
+    try:
+        done = run_cli("run", JOBS / "mnist_mlp.yaml", "--np", 2, "--set", f"data.path={workdir / 'mnist'}",
+                       "--set", "data.stage=node-local", "--set", "training.epochs=1", cwd=workdir,
+                       env={"TMPDIR": str(scratch)})
+        left = list(scratch.iterdir())
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and re.search(
+        rf"data.stage=node-local: node \S+ needs [\d.]+ KB for \d+ file\(s\) in \$TMPDIR "
+        rf"\({scratch}\) but only [\d.]+ KB is free", said[0]), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr and "epoch 1/1" not in done.stdout
+    assert left == []
 
 
 def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir, tf_engine):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -103,16 +103,42 @@ def corrupt_file(files, shards: fmt.ShardSet) -> Optional[str]:
     return None
 
 
-def for_job(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int) -> Inputs:
+@contextlib.contextmanager
+def for_job(job: ModuleType, spec: JobSpec, ctx: ProcessContext,
+            start_epoch: int) -> Iterator[Inputs]:
+    """The job's inputs for the ``with`` block (which trains and evaluates): streamed from its
+    shard folder, staged on each node first when ``data.stage`` says so, or its arrays."""
     folder = getattr(spec.data, "path", "")
-    if fmt.is_shard_folder(folder):
-        data = streamed(job, spec, ctx, start_epoch, fmt.read(folder))
-    else:
-        data = in_memory(job, spec, ctx, start_epoch)
+    if not fmt.is_shard_folder(folder):
+        yield _waited(job, in_memory(job, spec, ctx, start_epoch))
+        return
+    shards = fmt.read(folder)
+    if ctx.is_chief:  # every file there with its size: a short read would end an epoch early
+        from harness.runtime.streaming import validation_split
+        fmt.check(shards, splits=["train", validation_split(shards)])
+    with staged(shards, spec, ctx) as shards:
+        yield _waited(job, streamed(job, spec, ctx, start_epoch, shards))
+
+
+def _waited(job: ModuleType, data: Inputs) -> Inputs:
+    """The input wait clock on any pipeline (data made on the device has none)."""
     if not hasattr(job, "device_batches"):
         data.wait = InputWait()
         data.train = data.wait.stamp(data.train)
     return data
+
+
+def staged(shards: fmt.ShardSet, spec: JobSpec, ctx: ProcessContext):
+    """The shard set read in place, or from each node's local copy (``data.stage: node-local``)."""
+    if getattr(spec.data, "stage", "none") != "node-local":
+        return contextlib.nullcontext(shards)
+    from harness.runtime import staging, streaming
+    t = spec.training
+    validate_on = streaming.validation_split(shards)
+    held_out = ["test"] if "test" in shards.splits and validate_on != "test" else []
+    return staging.node_local(
+        shards, lambda rank: streaming.rank_share(shards, rank, ctx.size, t.batch_size, t.seed).files,
+        ctx, every_node=[validate_on], chief_node=held_out)
 
 
 def streamed(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int,
@@ -120,8 +146,6 @@ def streamed(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: i
     from harness.runtime import streaming
     t = spec.training
     validate_on = streaming.validation_split(shards)
-    if ctx.is_chief:  # every file there with its size: a short read would end an epoch early
-        fmt.check(shards, splits=["train", validate_on])
     share = streaming.rank_share(shards, ctx.rank, ctx.size, t.batch_size, t.seed)
     preprocess = getattr(job, "preprocess", None)
     train = streaming.training_dataset(shards, share, ctx.rank, t.seed, start_epoch, t.epochs,

@@ -57,6 +57,14 @@ class FailureReport:
     rank: Optional[int] = None
     code: Optional[int] = None
     in_launcher_traceback: bool = False  # horovodrun's own RuntimeError: we say it in one line
+    refusal: Optional[str] = None  # the first rank's "error: ..." line (bad input, exit 2)
+
+    def refused(self, text: str) -> bool:
+        """A rank's one-line refusal is kept for stderr (every rank may say it), not relayed."""
+        if not text.startswith("error: "):
+            return False
+        self.refusal = self.refusal or text
+        return True
 
     def feed(self, line: str) -> None:
         if line.startswith("Traceback"):
@@ -87,6 +95,8 @@ def relay(line: str, report: FailureReport, out=None) -> None:
             print(line, file=out, flush=True)
         return
     rank, text = int(m.group(1)), m.group(3)
+    if report.refused(text):
+        return
     print(text if rank == 0 else f"[rank {rank}] {text}", file=out, flush=True)
 
 
@@ -176,6 +186,8 @@ class Supervisor:
             return 0
         code = self.report.code if self.report.code is not None else self.failed_code
         if code == UserError.exit_code:  # a rank refused its input and said why: so does the run
+            if self.report.refusal:
+                print(self.report.refusal, file=sys.stderr, flush=True)
             return UserError.exit_code
         reason = self.report.describe(self.failed_code)
         if len(procs) > 1:  # the supervisor stopped the others itself: say how fast
@@ -205,7 +217,7 @@ class Supervisor:
     def _relay(self, child: Child, line: str) -> None:
         if child.rank is None:
             relay(line, self.report)
-        else:
+        elif not self.report.refused(line):
             print(line if child.rank == 0 else f"[rank {child.rank}] {line}", flush=True)
 
     def _note_first_failure(self, procs: list) -> None:

@@ -11,8 +11,8 @@
   run would.
 - **How.** tf.data in C++ threads: parallel interleave over the files, parallel parse, the
   job's ``preprocess`` on whole batches, prefetch, each AUTOTUNEd.  Batches of exact sizes are
-  cut with ``group_by_window`` (a window per step, closed as soon as it holds its size), so
-  nothing waits for the end of an epoch.
+  cut by ``rebatch`` with the epoch's list of step sizes: records are batched in fixed blocks
+  first, so no stage after the shuffle works record by record.
 - **Validation and test** stream too: every rank reads the split's records and keeps every
   ``size``-th, so each record is evaluated once over all ranks however few files there are.
 """
@@ -32,6 +32,7 @@ from harness.runtime import sharding
 AUTOTUNE = tf.data.AUTOTUNE
 READ_BUFFER = 8 << 20  # bytes each open file reads ahead
 VALIDATION_BATCH = 512
+BLOCK = 256  # records batched together before they are cut into steps
 
 
 @dataclass(frozen=True)
@@ -82,20 +83,6 @@ def _parser(shards: fmt.ShardSet, with_ids: bool) -> Callable:
     return parse
 
 
-def _step_keys(n: int, steps: int) -> tuple[Callable, Callable]:
-    """Which step the k-th sample of an epoch belongs to, and each step's size (np.array_split's
-    sizes: the first ``n % steps`` steps one larger)."""
-    q, r = divmod(n, steps)
-    big = r * (q + 1)
-
-    def key(k, _):
-        return tf.where(k < big, k // (q + 1), r + (k - big) // max(q, 1))
-
-    def size(step):
-        return tf.where(step < r, tf.constant(q + 1, tf.int64), tf.constant(q, tf.int64))
-    return key, size
-
-
 def training_dataset(shards: fmt.ShardSet, share: RankShare, rank: int, seed: int,
                      start_epoch: int, epochs: int, preprocess: Optional[Callable] = None,
                      shuffle_buffer: int = 10_000, with_ids: bool = False) -> tf.data.Dataset:
@@ -106,7 +93,7 @@ def training_dataset(shards: fmt.ShardSet, share: RankShare, rank: int, seed: in
                        for e in range(epochs)]) if epochs else np.zeros((0, len(names)), int)
     table = tf.constant(np.asarray(names)[orders] if epochs else np.zeros((0, len(names)), str))
     parse = _parser(shards, with_ids)
-    key, window_size = _step_keys(share.samples, share.steps)
+    step_sizes = tf.constant(sharding.split_sizes(share.samples, share.steps), tf.int64)
 
     def epoch(e):
         files = tf.data.Dataset.from_tensor_slices(tf.gather(table, e))
@@ -115,10 +102,8 @@ def training_dataset(shards: fmt.ShardSet, share: RankShare, rank: int, seed: in
             cycle_length=max(1, min(len(names), 8)), num_parallel_calls=AUTOTUNE, deterministic=True)
         records = records.shuffle(shuffle_buffer, seed=seed * 1_000_003 + rank * 10_007 + e,
                                   reshuffle_each_iteration=False)
-        return records.enumerate().group_by_window(
-            key, lambda step, window: window.map(lambda k, record: record).batch(
-                tf.cast(window_size(step), tf.int64)),
-            window_size_func=window_size)
+        # One epoch is exactly share.samples records, so the sizes are cycled through once.
+        return records.batch(BLOCK).rebatch(step_sizes)
 
     batches = tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch)
     batches = batches.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)

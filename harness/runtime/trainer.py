@@ -53,7 +53,13 @@ def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[
 def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
           resume_state: Optional[checkpoint.CheckpointState]) -> Outcome:
     start = resume_state.epoch if resume_state is not None else 0
-    data = inputs.for_job(job, spec, ctx, start)
+    with inputs.for_job(job, spec, ctx, start) as data:  # staged copies live as long as this
+        return train_on(data, spec, job, ctx, tracker, resume_state)
+
+
+def train_on(data: inputs.Inputs, spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
+             resume_state: Optional[checkpoint.CheckpointState]) -> Outcome:
+    start = resume_state.epoch if resume_state is not None else 0
     if resume_state is None:  # what the run trained on: name, digest, shape (rank 0 records it)
         data.describe(tracker, spec)
     model, target_lr = compile_model(job, spec, ctx)

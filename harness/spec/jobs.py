@@ -16,6 +16,10 @@ A job is one readable Python file beside its YAML spec.  It provides:
     TensorFlow ops on one batch streamed from a shard folder (``data.path`` naming a folder
     made by ``harness data pack``), doing what ``load_data`` does to its arrays.
 
+A job that streams a shard folder offers ``stage: str = stage_field()`` in its ``Data`` too:
+``data.stage: node-local`` copies each node's shards to its local disk before training
+(harness/runtime/staging.py).
+
 Job modules import TensorFlow inside their functions so that validating a
 spec stays fast and never needs TensorFlow.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -34,6 +38,16 @@ import numpy as np
 from harness.errors import UserError
 
 REQUIRED = ("Data", "load_data", "build_model", "LOSS")
+STAGES = ("none", "node-local")
+
+
+def stage_field():
+    """``data.stage``, the same in every job that streams a shard folder from ``data.path``;
+    the loader checks its value."""
+    from harness.spec.schema import doc
+    return field(default="none", metadata=doc(
+        "node-local: copy each node's shards to its local disk ($SLURM_TMPDIR, else $TMPDIR) "
+        "before training and remove them at the end; none: read them where they are"))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import yaml
 
 from harness.errors import UserError
 from harness.files import SHARD_MANIFEST
-from harness.spec.jobs import resolve_job
+from harness.spec.jobs import STAGES, resolve_job
 from harness.spec.schema import JobSpec, build
 
 
@@ -84,6 +84,17 @@ def _file_resolver(spec_dir: Path, from_cli: set[str]):
     return resolve
 
 
+def check_stage(data) -> None:
+    """``data.stage`` (where a job offers it): a known value, and a shard folder to stage."""
+    stage = getattr(data, "stage", "none")
+    if stage not in STAGES:
+        raise UserError(f"data.stage={stage!r}: use one of {', '.join(STAGES)}")
+    path = getattr(data, "path", "")
+    if stage != "none" and not (path and (Path(path) / SHARD_MANIFEST).is_file()):
+        raise UserError(f"data.stage={stage!r}: stages a shard folder (harness data pack), and "
+                        f"data.path={path!r} is not one; pack the data or remove data.stage")
+
+
 def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> JobSpec:
     """The one way a spec is read: file, overrides, job module, data section, checks.
 
@@ -119,6 +130,7 @@ def _build(raw: dict, touched: set, spec_path: Path) -> JobSpec:
     module = resolve_job(job_name, spec_path.parent)
     resolver = _file_resolver(spec_path.parent.resolve(), touched)
     data = build(module.Data, raw.get("data"), "data", resolver)
+    check_stage(data)
     rest = {k: v for k, v in raw.items() if k != "data"}
     spec = build(JobSpec, rest, "", resolver)
     return dataclasses.replace(spec, data=data, spec_path=str(spec_path.resolve()))
