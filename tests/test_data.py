@@ -309,9 +309,10 @@ def test_the_wait_clock_measures_a_slow_pipeline_and_not_a_fast_one():
 
 
 @pytest.mark.multiproc
-def test_the_lens_finder_streams_its_packed_simulation_on_two_ranks(workdir):
-    """The job's own images packed by `harness data pack SPEC` and streamed: the held-out
-    figures come from the streamed test split."""
+def test_the_lens_finder_streams_its_packed_simulation_on_two_ranks(workdir, tf_engine):
+    """The job's own images packed by `harness data pack SPEC` (its simulation) and streamed:
+    the held-out figures come from the streamed test split.  On the tf engine: on Horovod the
+    lens finder simulates and trains under SLURM (tests/test_slurm.py)."""
     lens = __import__("conftest").REPO / "jobs" / "lensfinder_cnn.yaml"
     small = ["--set", "data.n_images=400", "--set", "data.num_pix=24"]
     packed = run_cli("data", "pack", lens, workdir / "lenses", *small, "--shard-mb", "0.5",
@@ -321,7 +322,7 @@ def test_the_lens_finder_streams_its_packed_simulation_on_two_ranks(workdir):
     assert shards.source["kind"] == "job" and shards.x == fmt.ArraySpec((24, 24, 3), "float32")
     assert {s: shards.samples(s) for s in shards.splits} == {"train": 280, "val": 80, "test": 40}
     done = run_cli("run", lens, "--np", 2, *small, "--set", f"data.path={shards.folder}",
-                   "--set", "training.epochs=1", cwd=workdir)
+                   "--set", "training.epochs=1", "--set", f"training.engine={tf_engine}", cwd=workdir)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "data: streaming 280 samples" in done.stdout and "validating on val" in done.stdout
     assert "test_roc_auc" in done.stdout and "simulating" not in done.stdout

@@ -156,16 +156,6 @@ def test_a_node_without_room_to_stage_is_refused_before_copying(workdir, mnist_n
     assert left == []
 
 
-def test_lensfinder_one_epoch_on_a_small_simulated_set(workdir, tf_engine):
-    """On the tf engine; on Horovod the lens finder trains from its packed simulation
-    (tests/test_data.py) and simulates under SLURM (tests/test_slurm.py)."""
-    out = _ok(run_cli("run", JOBS / "lensfinder_cnn.yaml", "--np", 2, "--set", "data.n_images=400",
-                      "--set", "data.num_pix=32", "--set", "training.epochs=1",
-                      *on_engine(tf_engine), cwd=workdir))
-    assert "simulating 400 DES-like 32x32" in out and "test_roc_auc" in out
-    assert list((workdir / ".cache" / "lensfinder").glob("lenses-400x32px-*.npz"))
-
-
 def test_synthetic_one_epoch(workdir, tf_engine):
     """On the tf engine; on Horovod the synthetic job runs in test_scaling's local scaling run
     (N=1 and N=2), which asserts more of it."""

@@ -122,7 +122,7 @@ def _assert_one_requeue_on_one_axis(client, run, log: str, saved: int, epochs: i
 def test_scancel_without_requeue_keeps_the_checkpoint_and_marks_the_run_killed(
         slurm, workdir, pima_csv, mlflow_server):
     done = _submit(slurm, workdir, pima_csv, mlflow_server.url, "slurm-cancel",
-                   "--set", "training.epochs=30", "--set", "training.batch_size=2",
+                   "--set", "training.epochs=30",
                    "--set", "checkpoint.every_epochs=1", hold=2)
     job_id = _job_id(done)
     _wait_for_line(workdir, job_id, r"hold: after epoch 2")
@@ -253,7 +253,6 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
         shutil.copy(DIABETES.parent / name, mine / name)
     job = [mine / "diabetes_mlp.yaml", "--partition", "debug", "--gpus-per-node", "2",
            "--set", f"data.csv={pima_csv}", "--set", "training.epochs=8",
-           "--set", "training.batch_size=2",
            "--set", "checkpoint.every_epochs=100",  # only the stop itself checkpoints
            "--set", f"tracking.experiment=slurm-real-preempt-{engine}", *on_engine(engine)]
     env = dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url, HARNESS_HOLD_AFTER_EPOCH="3")
@@ -359,7 +358,7 @@ def test_a_sweep_is_one_job_array_a_failed_point_and_a_preempted_task_do_not_sto
     started = time.monotonic()
     done = run_cli("sweep", DIABETES, "--grid", "data.csv=run1.csv,run2.csv,run3.csv,run4.csv",
                    "--partition", "debug", "--gpus-per-node", "1", "--max-parallel", "2",
-                   "--set", "training.epochs=6", "--set", "training.batch_size=2",
+                   "--set", "training.epochs=6",
                    "--set", "checkpoint.every_epochs=4",
                    "--set", "tracking.experiment=slurm-sweep", cwd=workdir,
                    env=dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url,

@@ -152,7 +152,7 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv,
 def test_tracking_serve_prints_the_uri_and_answers(tmp_path):
     import os
     import signal
-    from tracking.server import free_port
+    from tracking.server import free_port, wait_ready
     port = free_port()
     env = {**os.environ, "HARNESS_TRACKING_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "tracking", "serve", "--port", str(port)],
@@ -161,15 +161,8 @@ def test_tracking_serve_prints_the_uri_and_answers(tmp_path):
     try:
         first_lines = [proc.stdout.readline() for _ in range(2)]
         assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in first_lines[1]
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
-                break
-            except Exception:
-                time.sleep(1)
-        else:
-            pytest.fail("the tracking server never answered")
+        wait_ready(f"http://127.0.0.1:{port}", proc)  # /health, without the client's backoff
+        MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
         assert (tmp_path / "home" / "mlflow.db").exists()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
