@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.spec.jobs import Splits, stage_field
 from harness.spec.schema import FieldError, doc
-from jobs import lens_simulation
+from jobs import lens_metrics, lens_simulation
 
 LOSS = "binary_crossentropy"
 METRICS = ("accuracy",)
@@ -30,7 +30,8 @@ class Data:
     n_images: int = field(default=6000, metadata=doc("images to simulate, half of them lenses"))
     num_pix: int = field(default=48, metadata=doc("cut-out size in pixels (0.263 arcsec each)"))
     val_fraction: float = field(default=0.2, metadata=doc("share used for validation"))
-    test_fraction: float = field(default=0.1, metadata=doc("share held out for the final ROC AUC"))
+    test_fraction: float = field(default=0.1, metadata=doc(
+        "share held out for the final figures (AUROC, TPR0, TPR10)"))
     sim_seed: int = field(default=2026, metadata=doc("seed of the simulation (the cache key)"))
     cache_dir: str = field(default=".cache/lensfinder", metadata=doc("where the set is cached"))
     path: str = field(default="", metadata=doc(
@@ -90,18 +91,8 @@ def build_model(data: Data):
     ])
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney U statistic (ties counted half)."""
-    labels, scores = labels.ravel().astype(bool), scores.ravel()
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
 def evaluate(model, splits: Splits) -> dict:
+    """The figures lens searches publish (jobs/lens_metrics.py), with bootstrap intervals."""
     scores = model.predict(splits.x_test, batch_size=512, verbose=0)
     accuracy = float(((scores > 0.5) == splits.y_test.astype(bool)).mean())
-    return {"test_accuracy": accuracy, "test_roc_auc": roc_auc(splits.y_test, scores)}
+    return {"test_accuracy": accuracy, **lens_metrics.held_out_metrics(splits.y_test, scores)}

@@ -9,7 +9,7 @@ EPOCH_KEYS = ("loss", "val_loss", "generalization_gap", "accuracy", "val_accurac
               "throughput/samples_per_sec", "time/epoch_s")
 FINAL_KEYS = ("best_epoch", "best_val_loss", "overfitting/onset_epoch", "overfitting/gl_percent",
               "overfitting/epochs_since_best", "overfitting/loss_change_percent",
-              "test_accuracy", "test_roc_auc")
+              "test_accuracy", "test_auroc", "test_tpr0", "test_tpr10", "test_negatives")
 
 
 def history_from_mlflow(client, run_id: str) -> list[dict]:

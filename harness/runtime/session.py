@@ -136,6 +136,20 @@ def check_requeue_cap(ctx, tracker) -> None:
     raise RunFailed(reason)
 
 
+def held_out_text(final: dict) -> str:
+    """``name value`` per figure; a figure with ``name_low``/``name_high`` gets its interval,
+    and counts print as integers."""
+    parts = []
+    for name, value in final.items():
+        if name.endswith(("_low", "_high")) and name.rsplit("_", 1)[0] in final:
+            continue
+        text = f"{name} {value}" if isinstance(value, int) else f"{name} {value:.4f}"
+        if f"{name}_low" in final and f"{name}_high" in final:
+            text += f" [{final[f'{name}_low']:.4f}, {final[f'{name}_high']:.4f}]"
+        parts.append(text)
+    return "  ".join(parts)
+
+
 def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
               telemetry_lines: list, timeline=None) -> None:
     """The closing lines: final and best metrics, the verdict, where everything is."""
@@ -161,7 +175,7 @@ def summarize(spec: JobSpec, outcome: trainer.Outcome, tracker, seconds: float,
                                      if k in ("loss", "val_loss", "accuracy", "val_accuracy",
                                               "generalization_gap")), file=out)
     if outcome.final:
-        print("held-out: " + "  ".join(f"{k} {v:.4f}" for k, v in outcome.final.items()), file=out)
+        print("held-out: " + held_out_text(outcome.final), file=out)
     print(f"verdict: {verdict}", file=out)
     for line in telemetry_lines:
         print(line, file=out)

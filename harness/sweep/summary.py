@@ -170,8 +170,10 @@ def columns(record: dict, rows: list) -> list[str]:
 
 
 def text_table(rows: list) -> str:
-    """The table as the terminal shows it: the objective, its epoch, the verdict, held-out figures."""
-    held_out = sorted({k for r in rows for k in r if k.startswith(HELD_OUT_PREFIX)})
+    """The table as the terminal shows it: the objective, its epoch, the verdict, held-out figures
+    (their interval bounds, ``_low``/``_high``, are in the CSV)."""
+    held_out = sorted({k for r in rows for k in r if k.startswith(HELD_OUT_PREFIX)
+                       and not k.endswith(("_low", "_high"))})
     width = max([5] + [len(r["name"]) for r in rows])
     lines = [f"{'#':>3}  {'point':<{width}}  {'status':<9} {OBJECTIVE:>13} {'epoch':>5}  "
              f"{'verdict':<12}" + "".join(f" {k:>13}" for k in held_out) + f" {'train s':>8}"]
