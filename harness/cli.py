@@ -90,6 +90,9 @@ def build_parser() -> OneLineParser:
                    "seed and ranges give the same points")
     p.add_argument("--max-parallel", type=int, default=None, metavar="K",
                    help="points running at once (SLURM: --array=...%%K; local: default 1)")
+    p.add_argument("--objective", default="", metavar="NAME:max|min",
+                   help="the metric that ranks the points (default best_val_loss:min); a "
+                   "validation figure, never a test_ one")
     p.add_argument("--local", action="store_true", help="run the points as local processes")
     p.add_argument("--np", type=int, default=1, help="with --local: processes per point (default 1)")
     p.add_argument("--dry-run", action="store_true",
@@ -266,7 +269,7 @@ def cmd_sweep(args) -> int:
     return sweep(SweepRequest(
         args.spec, args.overrides + resource_overrides(args), args.grid, args.ranges, args.random,
         args.seed, args.max_parallel, args.local, args.np, args.dry_run, args.cluster,
-        sbatch_options.parse_cli(args.sbatch)))
+        sbatch_options.parse_cli(args.sbatch), args.objective))
 
 
 def cmd_status(args) -> int:

@@ -13,7 +13,7 @@ EXPECTED = {
     "submit": {"spec", "--set", "--nodes", "--gpus-per-node", "--partition", "--time", "--cluster",
                "--sbatch", "--dry-run", "--resume"},
     "sweep": {"spec", "--set", "--grid", "--random", "--range", "--seed", "--max-parallel",
-              "--local", "--np", "--dry-run", "--summarize", "--nodes", "--gpus-per-node",
+              "--objective", "--local", "--np", "--dry-run", "--summarize", "--nodes", "--gpus-per-node",
               "--partition", "--time", "--cluster", "--sbatch"},
     "status": {"job_id"},
     "scale": {"spec", "--set", "--gpus", "--layout", "--repeats", "--local", "--partition", "--cluster",

@@ -95,6 +95,8 @@ def test_one_bad_value_refuses_the_whole_sweep_and_writes_nothing(workdir):
     ([], "nothing to vary"),
     (["--grid", "training.epochs=1,2", "--max-parallel", "0"], "--max-parallel 0"),
     (["--grid", "training.epochs=1,2", "--np", "300"], "--np 300"),
+    (["--grid", "training.epochs=1,2", "--objective", "val_auroc"], "use NAME:max or NAME:min"),
+    (["--grid", "training.epochs=1,2", "--objective", "test_auroc:max"], "never to choose it"),
 ])
 def test_bad_sweep_flags_are_one_line_and_exit_2(workdir, capsys, args, words):
     from harness.cli import main
@@ -102,6 +104,26 @@ def test_bad_sweep_flags_are_one_line_and_exit_2(workdir, capsys, args, words):
     err = capsys.readouterr().err
     assert words in err and err.strip().count("\n") == 0, err
     assert list(workdir.iterdir()) == []
+
+
+def test_the_objective_ranks_finished_points_its_way_and_is_named_in_the_summary():
+    from harness.sweep import objective, summary
+    rows = [{"point": 0, "name": "lr=1e-3", "status": "FINISHED", "best_val_loss": 0.50,
+             "val_auroc": 0.91, "best_epoch": 7, "run_id": "a", "failure": ""},
+            {"point": 1, "name": "lr=1e-2", "status": "FINISHED", "best_val_loss": 0.45,
+             "val_auroc": 0.88, "best_epoch": 3, "run_id": "b", "failure": ""},
+            {"point": 2, "name": "lr=1e-1", "status": "FAILED", "best_val_loss": 0.10,
+             "val_auroc": 0.99, "best_epoch": 1, "run_id": "c", "failure": "diverged"},
+            {"point": 3, "name": "lr=3e-1", "status": "FINISHED", "best_val_loss": float("nan"),
+             "val_auroc": None, "best_epoch": None, "run_id": "d", "failure": ""}]
+    assert objective.Objective().best(rows)["point"] == 1  # best_val_loss, lowest: the default
+    by_auroc = objective.parse("val_auroc:max")
+    assert by_auroc.best(rows)["point"] == 0  # the failed point's 0.99 never counts
+    record = {"sweep_id": "s", "objective": by_auroc.describe(), "varied": ["training.learning_rate"]}
+    lines = summary.summary_lines(record, rows, by_auroc.best(rows))
+    assert "best: point 0 (lr=1e-3) val_auroc 0.9100, run a" in lines
+    assert "val_auroc" in summary.columns(record, rows)
+    assert objective.Objective.of_record({}) == objective.Objective()  # older points files
 
 
 def test_sqlite_is_refused_when_points_may_write_it_from_several_nodes(workdir, capsys):

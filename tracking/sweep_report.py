@@ -34,9 +34,12 @@ def curves_png(curves: Mapping[str, Sequence[tuple]], failed: set, path: Path, t
 
 
 def objective_png(key: str, rows: Sequence[Mapping], path: Path, title: str, log_x: bool,
-                  best_index: Optional[int] = None) -> Path:
-    """The objective of each finished point against one varied value (text values as categories)."""
-    done = [r for r in rows if isinstance(r.get(OBJECTIVE), float) and math.isfinite(r[OBJECTIVE])]
+                  best_index: Optional[int] = None, objective=None) -> Path:
+    """The objective (``objective.metric``; best_val_loss by default) of each finished point
+    against one varied value (text values as categories)."""
+    metric = objective.metric if objective is not None else OBJECTIVE
+    better = objective.direction if objective is not None else "lower"
+    done = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     xs = [r[key] for r in done]
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
@@ -46,14 +49,14 @@ def objective_png(key: str, rows: Sequence[Mapping], path: Path, title: str, log
         xs = [labels.index(str(x)) for x in xs]
     elif log_x and xs and min(xs) > 0:
         ax.set_xscale("log")
-    ys = [r[OBJECTIVE] for r in done]
+    ys = [r[metric] for r in done]
     ax.scatter(xs, ys, s=40, label="points")
     for x, y, r in zip(xs, ys, done):
         if r["point"] == best_index:
             ax.scatter([x], [y], s=160, facecolors="none", edgecolors="tab:red", lw=2, label="best")
     if not done:
         ax.text(0.5, 0.5, "no finished point yet", ha="center", transform=ax.transAxes)
-    return save_figure(fig, ax, path, key, f"{OBJECTIVE} (lower is better)", title)
+    return save_figure(fig, ax, path, key, f"{metric} ({better} is better)", title)
 
 
 def html_page(title: str, lines: Sequence[str], rows: Sequence[Mapping], columns: Sequence[str],

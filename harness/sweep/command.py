@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from harness.errors import UserError
+from harness.sweep import objective as ranking
 from harness.sweep import plan as planning
 from harness.sweep import space as search
 
@@ -24,6 +25,7 @@ class SweepRequest:
     dry_run: bool = False
     cluster: str = ""
     sbatch: dict = field(default_factory=dict)
+    objective: str = ""  # NAME:max|min; empty: best_val_loss, lowest
 
 
 def sweep(req: SweepRequest) -> int:
@@ -34,8 +36,9 @@ def sweep(req: SweepRequest) -> int:
     if req.processes != 1 and not req.local:
         raise UserError(f"--np {req.processes}: goes with --local; on SLURM a point's processes "
                         "are the spec's resources (--nodes, --gpus-per-node)")
+    objective = ranking.parse(req.objective)
     space = search.build_space(req.grid, req.ranges, req.random_points, req.seed)
-    plan = planning.plan_sweep(req.spec_path, req.overrides, space)  # every point, or exit 2
+    plan = planning.plan_sweep(req.spec_path, req.overrides, space, objective)  # or exit 2
     return run_locally(req, plan) if req.local else submit_array(req, plan)
 
 

@@ -17,6 +17,7 @@ from harness.spec import manifest as launch_manifest, sweep_points
 from harness.spec.loader import load_spec
 from harness.spec.schema import JobSpec, describe, flatten
 from harness.sweep import space as search
+from harness.sweep.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Plan:
     base: JobSpec  # the spec without any point's values: resources, experiment, engine
     space: search.Space
     points: tuple  # Point
+    objective: Objective = Objective()  # what ranks the points
 
     @property
     def varied(self) -> list[str]:
@@ -44,7 +46,8 @@ def new_sweep_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def plan_sweep(spec_path: str, overrides: list[str], space: search.Space) -> Plan:
+def plan_sweep(spec_path: str, overrides: list[str], space: search.Space,
+               objective: Objective = Objective()) -> Plan:
     """Every point loaded and checked as the full spec it will train; one bad value refuses all."""
     base = load_spec(spec_path, overrides)
     sweep_id = new_sweep_id(base.name)
@@ -61,7 +64,7 @@ def plan_sweep(spec_path: str, overrides: list[str], space: search.Space) -> Pla
         except UserError as e:
             raise UserError(f"point {index} ({name}): {e}") from None
         planned.append(Point(index, point, name, spec))
-    return Plan(sweep_id, folder, base, space, tuple(planned))
+    return Plan(sweep_id, folder, base, space, tuple(planned), objective)
 
 
 def varied_params(point: Point) -> dict:
@@ -104,6 +107,7 @@ def write_launch(plan: Plan, run_ids: dict, parent_run_id: str, uri: str, where:
         "parent_run_id": parent_run_id, "tracking_uri": uri, "space": plan.space.describe(),
         "seed": plan.space.seed, "varied": plan.varied, "manifest": str(written.path),
         "log_scale": [r.key for r in plan.space.ranges if r.log], "epochs": plan.base.training.epochs,
+        "objective": plan.objective.describe(),
         "where": where, "processes": processes, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "points": entries})
     return written

@@ -9,7 +9,6 @@ Once every point has ended the parent run ends too: FINISHED when at least one p
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,12 +16,12 @@ from typing import Optional
 from harness.errors import UserError
 from harness.group.results import publish
 from harness.spec import sweep_points
+from harness.sweep.objective import HELD_OUT_PREFIX, Objective
 from tracking.sweep_report import OBJECTIVE
 
 ENDED = ("FINISHED", "FAILED", "KILLED")
 SLURM_ENDED_BADLY = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                      "BOOT_FAIL", "DEADLINE", "PREEMPTED")
-HELD_OUT_PREFIX = "test_"
 
 
 def find_points_file(sweep: str, log_root: Path = Path("runs")) -> Path:
@@ -74,7 +73,7 @@ def summarize(sweep: str, final: Optional[bool] = None) -> int:
     client = RunStore(record["tracking_uri"])
     tasks = slurm_states(record)
     rows = [point_row(client, record, p, tasks.get(p["index"])) for p in record["points"]]
-    best = best_row(rows)
+    best = Objective.of_record(record).best(rows)
     lines = summary_lines(record, rows, best)
     for line in lines:
         print(line, flush=True)
@@ -112,6 +111,8 @@ def point_row(client, record: dict, point: dict, task_state: Optional[str]) -> d
            "failure": tags.get("failure_reason", "") if status in ("FAILED", "KILLED") else "",
            "run_id": point["run_id"], "curve": [(m.step + 1, m.value) for m in history]}
     row.update({k: v for k, v in metrics.items() if k.startswith(HELD_OUT_PREFIX)})
+    ranked_by = Objective.of_record(record).metric
+    row.setdefault(ranked_by, metrics.get(ranked_by))  # its last value (a val_ figure, say)
     if task_state:
         row["slurm"] = task_state
     return row
@@ -141,21 +142,17 @@ def reconcile(client, record: dict, point: dict, run, task_state: Optional[str])
     return status
 
 
-def best_row(rows: list) -> Optional[dict]:
-    finished = [r for r in rows if r["status"] == "FINISHED" and isinstance(r[OBJECTIVE], float)
-                and math.isfinite(r[OBJECTIVE])]
-    return min(finished, key=lambda r: r[OBJECTIVE]) if finished else None
-
-
 def summary_lines(record: dict, rows: list, best: Optional[dict]) -> list[str]:
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     lines = [f"sweep {record['sweep_id']}: {len(rows)} points: "
              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    objective = Objective.of_record(record)
     if best:
-        lines.append(f"best: point {best['point']} ({best['name']}) {OBJECTIVE} "
-                     f"{best[OBJECTIVE]:.4f} at epoch {best['best_epoch']}, run {best['run_id']}")
+        epoch = f" at epoch {best['best_epoch']}" if objective.metric == OBJECTIVE else ""
+        lines.append(f"best: point {best['point']} ({best['name']}) {objective.metric} "
+                     f"{best[objective.metric]:.4f}{epoch}, run {best['run_id']}")
     for r in rows:
         if r["status"] in ("FAILED", "KILLED") and r["failure"]:
             lines.append(f"{r['status'].lower()}: point {r['point']} ({r['name']}): {r['failure']}")
@@ -164,8 +161,10 @@ def summary_lines(record: dict, rows: list, best: Optional[dict]) -> list[str]:
 
 def columns(record: dict, rows: list) -> list[str]:
     held_out = sorted({k for r in rows for k in r if k.startswith(HELD_OUT_PREFIX)})
-    return (["point", "name", *record["varied"], "status", OBJECTIVE, "best_epoch", "epochs",
-             "overfitting", *held_out, "train_s", "gpu_hours"]
+    ranked_by = Objective.of_record(record).metric
+    chosen_on = [] if ranked_by == OBJECTIVE else [ranked_by]
+    return (["point", "name", *record["varied"], "status", OBJECTIVE, *chosen_on, "best_epoch",
+             "epochs", "overfitting", *held_out, "train_s", "gpu_hours"]
             + (["slurm"] if any("slurm" in r for r in rows) else []) + ["failure", "run_id"])
 
 
@@ -195,6 +194,7 @@ def log_results(client, record: dict, rows: list, best: Optional[dict], lines: l
     cols = columns(record, rows)
     table_rows = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
     best_point = best["point"] if best else None
+    objective = Objective.of_record(record)
 
     def figures(folder: Path, table: Path) -> list[Path]:
         log_x = set(record.get("log_scale", []))
@@ -205,8 +205,8 @@ def log_results(client, record: dict, rows: list, best: Optional[dict], lines: l
         for key in record["varied"]:
             images.append(sweep_report.objective_png(
                 key, rows, folder / f"objective_vs_{key.replace('.', '_')}.png",
-                f"{record['name']}: {OBJECTIVE} vs {key}", key in log_x or _spans_decades(rows, key),
-                best_point))
+                f"{record['name']}: {objective.metric} vs {key}",
+                key in log_x or _spans_decades(rows, key), best_point, objective))
         page = folder / "results.html"
         page.write_text(sweep_report.html_page(title, lines, table_rows, cols, images, best_point))
         return [page, *images]
@@ -216,7 +216,7 @@ def log_results(client, record: dict, rows: list, best: Optional[dict], lines: l
     client.log_metrics(parent, {
         "sweep/points_finished": finished,
         "sweep/points_failed": sum(r["status"] in ("FAILED", "KILLED") for r in rows),
-        **({f"sweep/{OBJECTIVE}": best[OBJECTIVE]} if best else {})})
+        **({f"sweep/{objective.metric}": best[objective.metric]} if best else {})})
     client.set_tag(parent, "sweep.summary", " | ".join(lines)[:5000])
     client.set_tag(parent, "sweep.summarized_at", time.strftime("%Y-%m-%d %H:%M:%S"))
 
