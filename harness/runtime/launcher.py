@@ -178,6 +178,8 @@ class Supervisor:
             threading.Thread(target=_pump, args=(i, proc, lines), daemon=True).start()
         try:
             stopped_s = self._watch(procs, lines)
+            if self.report.refusal:  # held back from the relay: said once, on stderr, always
+                print(self.report.refusal, file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             _terminate_all(procs, grace_s=INTERRUPT_GRACE_S)
             print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
@@ -186,8 +188,6 @@ class Supervisor:
             return 0
         code = self.report.code if self.report.code is not None else self.failed_code
         if code == UserError.exit_code:  # a rank refused its input and said why: so does the run
-            if self.report.refusal:
-                print(self.report.refusal, file=sys.stderr, flush=True)
             return UserError.exit_code
         reason = self.report.describe(self.failed_code)
         if len(procs) > 1:  # the supervisor stopped the others itself: say how fast
