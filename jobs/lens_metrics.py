@@ -8,6 +8,9 @@
   to score high), so that number is logged beside them (``test_negatives``).
 - **TPR at FPR f**: the share found at the threshold that lets through at most ``f`` of the
   negatives; reported only where the test set resolves it (at least ``1/f`` negatives).
+- **Completeness** at a fixed false-positive rate (``COMPLETENESS_FPR``), in bins of Einstein
+  radius, Einstein radius over seeing and arc signal-to-noise, with Wilson intervals; and the
+  **false positives by kind** of non-lens at that threshold (jobs/lens_sky.py's kinds).
 - **Intervals**: a stratified bootstrap (lenses and non-lenses resampled apart, so each replica
   has the test set's class counts, on which TPR0 and TPR10 depend), percentile interval.
 """
@@ -17,7 +20,13 @@ import math
 
 import numpy as np
 
-FPR_POINTS = {"1e-3": 1e-3, "1e-4": 1e-4}
+FPR_POINTS = {"1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4}
+COMPLETENESS_FPR = 1e-2
+BINS = {  # the quantities completeness is shown against, with their bin edges
+    "einstein_radius": (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
+    "einstein_radius_over_seeing": (0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.5),
+    "arc_snr": (3, 5, 10, 15, 20, 30, 50, 100, 150),
+}
 BOOTSTRAP_REPLICAS = 1000
 INTERVAL = 0.95
 
@@ -49,6 +58,73 @@ def point_figures(labels: np.ndarray, scores: np.ndarray) -> dict:
             figures[f"tpr_at_fpr_{name}"] = tpr_allowing(positives, negatives,
                                                          math.floor(rate * len(negatives)))
     return figures
+
+
+def validation_figures(labels: np.ndarray, scores: np.ndarray) -> dict:
+    """What a sweep may choose on, each epoch: AUROC and TPR10 of the validation set."""
+    figures = point_figures(labels, scores)
+    return {"auroc": figures["auroc"], "tpr10": figures["tpr10"]}
+
+
+def threshold_at(negatives: np.ndarray, rate: float) -> float:
+    """The score a lens must beat for at most ``rate`` of the negatives to pass."""
+    k = len(negatives) - 1 - math.floor(rate * len(negatives))
+    return float(np.partition(negatives, k)[k])
+
+
+def wilson(found: int, total: int, level: float = INTERVAL) -> tuple[float, float]:
+    """Wilson score interval of a binomial share (sound at 0 and 1 found, unlike the normal one)."""
+    if total == 0:
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+    z = norm.ppf(1 - (1 - level) / 2)
+    p = found / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (0.0 if found == 0 else max(0.0, centre - half),
+            1.0 if found == total else min(1.0, centre + half))
+
+
+def completeness_table(labels, scores, info: dict, rate: float = COMPLETENESS_FPR) -> list[dict]:
+    """Rows (quantity, low, high, lenses, found, completeness, low/high of its interval): the
+    share of lenses found at the threshold passing ``rate`` of the non-lenses, bin by bin."""
+    labels, scores = np.asarray(labels).ravel().astype(bool), np.asarray(scores).ravel()
+    threshold = threshold_at(scores[~labels], rate)
+    lens = {name: np.asarray(values)[labels] for name, values in quantities(info).items()}
+    found = scores[labels] > threshold
+    rows = []
+    for name, edges in BINS.items():
+        for low, high in zip(edges[:-1], edges[1:]):
+            inside = (lens[name] >= low) & (lens[name] < high)
+            n, k = int(inside.sum()), int(found[inside].sum())
+            ci = wilson(k, n)
+            rows.append({"quantity": name, "low": low, "high": high, "lenses": n, "found": k,
+                         "completeness": k / n if n else float("nan"),
+                         "completeness_low": ci[0], "completeness_high": ci[1]})
+    return rows
+
+
+def quantities(info: dict) -> dict:
+    return {"einstein_radius": info["einstein_radius"], "arc_snr": info["arc_snr"],
+            "einstein_radius_over_seeing": np.asarray(info["einstein_radius"]) /
+            np.asarray(info["seeing_r"])}
+
+
+def false_positive_table(labels, scores, info: dict, rate: float = COMPLETENESS_FPR) -> list[dict]:
+    """Per kind of non-lens: how many, how many pass the threshold, that rate with its interval."""
+    labels, scores = np.asarray(labels).ravel().astype(bool), np.asarray(scores).ravel()
+    threshold = threshold_at(scores[~labels], rate)
+    kinds = np.asarray(info["kind"])[~labels]
+    passed = scores[~labels] > threshold
+    rows = []
+    for kind in sorted(set(kinds)):
+        mine = kinds == kind
+        n, k = int(mine.sum()), int(passed[mine].sum())
+        ci = wilson(k, n)
+        rows.append({"kind": kind, "negatives": n, "false_positives": k,
+                     "false_positive_rate": k / n, "rate_low": ci[0], "rate_high": ci[1],
+                     "share_of_false_positives": k / max(1, int(passed.sum()))})
+    return rows
 
 
 def resolves(negatives: int, rate: float) -> bool:

@@ -315,22 +315,31 @@ def test_the_lens_finder_streams_its_packed_simulation_on_two_ranks(workdir, tf_
     the held-out figures come from the streamed test split.  On the tf engine: on Horovod the
     lens finder simulates and trains under SLURM (tests/test_slurm.py)."""
     lens = __import__("conftest").REPO / "jobs" / "lensfinder_cnn.yaml"
-    small = ["--set", "data.n_images=400", "--set", "data.num_pix=24"]
+    small = ["--set", "data.n_images=400", "--set", "data.num_pix=24",
+             "--set", "data.test_lenses=40", "--set", "data.test_nonlenses=160"]
     packed = run_cli("data", "pack", lens, workdir / "lenses", *small, "--shard-mb", "0.5",
                      cwd=workdir)
     assert packed.returncode == 0, packed.stderr[-2000:]
     shards = fmt.read(workdir / "lenses")
     assert shards.source["kind"] == "job" and shards.x == fmt.ArraySpec((24, 24, 3), "float32")
-    assert {s: shards.samples(s) for s in shards.splits} == {"train": 280, "val": 80, "test": 40}
+    assert {s: shards.samples(s) for s in shards.splits} == {"train": 320, "val": 80, "test": 200}
+    assert (shards.folder / "test_info.npz").exists()  # the test images' facts, in sample order
     done = run_cli("run", lens, "--np", 2, *small, "--set", f"data.path={shards.folder}",
                    "--set", "training.epochs=1", "--set", f"training.engine={tf_engine}", cwd=workdir)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "data: streaming 280 samples" in done.stdout and "validating on val" in done.stdout
+    assert "data: streaming 320 samples" in done.stdout and "validating on val" in done.stdout
+    assert re.search(r"val_auroc [\d.]+  val_tpr10 [\d.]+", done.stdout)  # every epoch, all ranks' scores
     # The figures lens searches publish, with intervals (jobs/lens_metrics.py; tests/test_lens_metrics.py)
     assert re.search(r"test_auroc [\d.]+ \[[\d.]+, [\d.]+\]  test_tpr0 [\d.]+ \[[\d.]+, [\d.]+\]  "
                      r"test_tpr10 [\d.]+ \[[\d.]+, [\d.]+\]", done.stdout), done.stdout[-1500:]
-    assert re.search(r"test_positives \d+  test_negatives \d+", done.stdout)
+    assert re.search(r"test_positives 40  test_negatives 160", done.stdout)
     assert "simulating" not in done.stdout
+    # The tables from the streamed test split and its facts (evaluate checks they line up).
+    tables = workdir / "runs" / "lensfinder_cnn" / "evaluation"
+    assert sorted(p.name for p in tables.iterdir()) == [
+        "completeness.csv", "completeness.png", "false_positives_by_kind.csv", "roc.csv", "roc.png"]
+    kinds = (tables / "false_positives_by_kind.csv").read_text()
+    assert "spiral" in kinds and "ring" in kinds and "lens" not in kinds
 
 
 def test_a_staged_node_copies_its_ranks_files_and_the_validation_split_once(packed):

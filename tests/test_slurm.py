@@ -305,6 +305,7 @@ def test_a_two_rank_lens_job_with_an_empty_cache_simulates_once(slurm, workdir):
     ranks read the cache (before, every rank of a submitted job simulated the same set)."""
     done = run_cli("submit", REPO / "jobs" / "lensfinder_cnn.yaml", "--partition", "debug",
                    "--gpus-per-node", "2", "--set", "data.n_images=200", "--set", "data.num_pix=24",
+                   "--set", "data.test_lenses=20", "--set", "data.test_nonlenses=40",
                    "--set", "data.cache_dir=lens-cache", "--set", "training.epochs=1",
                    "--set", "training.warmup_epochs=0", cwd=workdir, env=slurm.env, timeout=120)
     job_id = re.search(r"submitted job (\d+)", done.stdout).group(1) if done.returncode == 0 else None
@@ -314,9 +315,9 @@ def test_a_two_rank_lens_job_with_an_empty_cache_simulates_once(slurm, workdir):
     text = (logs / f"lensfinder_cnn-{job_id}.out").read_text() + (
         logs / f"lensfinder_cnn-{job_id}.err").read_text()
     assert info["JobState"] == "COMPLETED", text[-3000:]
-    assert text.count("simulating 200 DES-like 24x24") == 1, text[-3000:]
+    assert text.count("simulating 260 DES-like 24x24") == 1, text[-3000:]
     assert text.index("prepare: lensfinder_cnn data ready") < text.index("2 process(es)")
-    assert len(list((workdir / "lens-cache").glob("lenses-200x24px-*.npz"))) == 1
+    assert len(list((workdir / "lens-cache").glob("lenses-24px-seed2026-*/*.npz"))) == 3  # a chunk a split
 
 
 def test_each_rank_gets_the_cpus_the_script_asked_for(slurm, workdir, pima_csv, tmp_path):

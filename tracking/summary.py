@@ -24,6 +24,21 @@ def _epoch(value):
     return None if value is None else int(value)
 
 
+def with_intervals(final: dict) -> dict:
+    """``name: value [low, high]`` for each figure logged with ``name_low`` and ``name_high``."""
+    from tracking.report import _fmt
+    out = {}
+    for name, value in final.items():
+        base = name.rsplit("_", 1)[0]
+        if name.endswith(("_low", "_high")) and f"{base}_low" in final and f"{base}_high" in final \
+                and base in final:
+            continue
+        if f"{name}_low" in final and f"{name}_high" in final:
+            value = f"{_fmt(value)} [{_fmt(final[name + '_low'])}, {_fmt(final[name + '_high'])}]"
+        out[name] = value
+    return out
+
+
 def print_report(run_id: str) -> int:
     client = reading_client(f"run {run_id!r}")
     try:
@@ -32,7 +47,9 @@ def print_report(run_id: str) -> int:
         raise UserError(f"run {run_id!r}: not found at {tracking_uri()} "
                         f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                         "set MLFLOW_TRACKING_URI to the server that holds it") from None
-    final = {k: v for k, v in run.data.metrics.items() if k in FINAL_KEYS}
+    # Every held-out figure the job logged, each interval beside its figure.
+    final = with_intervals({k: v for k, v in sorted(run.data.metrics.items())
+                            if k in FINAL_KEYS or k.startswith("test_")})
     final["status"] = run.info.status
     verdict = run.data.tags.get("overfitting", "not recorded")
     metrics = run.data.metrics
@@ -41,12 +58,39 @@ def print_report(run_id: str) -> int:
              "kind": run.data.tags.get("overfitting.kind")}
     print(terminal_summary(run.info.run_name or run_id, history_from_mlflow(client, run_id),
                            final, verdict, marks))
+    print_evaluation_tables(client, run_id)
     tags = run.data.tags
     if "telemetry.gpus" in tags:
         print(f"GPUs: {tags['telemetry.gpus']}")
         for flag in filter(None, tags.get("telemetry.flags", "").split(" | ")):
             print(f"flag: {flag}")
     return 0
+
+
+EVALUATION = "evaluation"  # the artifact folder of a job's held-out tables (harness/runtime/trainer.py)
+LONG_TABLE_ROWS = 40  # a longer table (an ROC curve) is named, not printed
+
+
+def print_evaluation_tables(client, run_id: str) -> None:
+    """The job's held-out CSV tables (completeness, false positives by kind), as text."""
+    import csv
+    import io
+    import tempfile
+    try:
+        tables = [a.path for a in client.list_artifacts(run_id, EVALUATION) if a.path.endswith(".csv")]
+    except Exception:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in tables:
+            rows = list(csv.reader(io.StringIO(open(client.download_artifacts(
+                run_id, path, tmp)).read())))
+            print(f"\n{path} ({len(rows) - 1} rows)")
+            if len(rows) - 1 > LONG_TABLE_ROWS:
+                print("  (long; open it in the MLflow UI or download it)")
+                continue
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                print("  " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
 
 
 SHOWN_METRICS = ("loss", "val_loss", "generalization_gap", "val_accuracy")

@@ -30,6 +30,7 @@ from harness.data import shards as fmt
 from harness.errors import UserError
 
 CHUNK = 4096  # samples read from the source at a time
+TEST_INFO = "test_info"  # per test-sample facts, kept beside the shards as test_info.npz
 ARRAY_SPLITS = {"train": ("x_train", "y_train"), "val": ("x_val", "y_val"),
                 "test": ("x_test", "y_test")}
 
@@ -124,13 +125,18 @@ def job_source(spec_path: str, overrides: list) -> tuple[dict, dict]:
     from harness.spec.loader import load_spec
     spec = load_spec(spec_path, overrides)
     job = resolve_job(spec.job, Path(spec.spec_path).parent)
+    origin = {"job": spec.job, "spec": spec.spec_path, "overrides": list(overrides)}
+    if hasattr(job, "pack_source"):  # the job reads its own splits a slice at a time
+        return job.pack_source(spec.data), origin
     if hasattr(job, "prepare_data"):
         job.prepare_data(spec.data)
     splits = job.load_data(spec.data, spec.training.seed)
     found = {"train": (splits.x_train, splits.y_train), "val": (splits.x_val, splits.y_val)}
     if splits.x_test is not None:
         found["test"] = (splits.x_test, splits.y_test)
-    return found, {"job": spec.job, "spec": spec.spec_path, "overrides": list(overrides)}
+    if splits.test_info is not None:
+        found[TEST_INFO] = splits.test_info
+    return found, origin
 
 
 # ----------------------------------------------------------------------------- writing
@@ -203,6 +209,8 @@ def pack(source: dict, origin: dict, dest: Path, shard_mb: float) -> fmt.ShardSe
                 raise UserError(f"{split}: samples of shape {tuple(x.shape[1:])}, train's "
                                 f"{sample.shape}")
             files += write_split(tf, partial, split, x, y, int(shard_mb * 1e6), x_dtype, y_dtype)
+        if TEST_INFO in source:  # read back by the run's evaluate (harness/runtime/inputs.py)
+            np.savez(partial / f"{TEST_INFO}.npz", **source[TEST_INFO])
         shards = fmt.ShardSet(dest.resolve(), sample, label, tuple(files), origin,
                               time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         fmt.write_manifest(fmt.ShardSet(partial, sample, label, tuple(files), origin,

@@ -99,6 +99,31 @@ class InputWaitClock(tf.keras.callbacks.Callback):
         logs["time/data_wait_fraction"] = float(self.engine.agree_max(np.array([fraction]))[0])
 
 
+class ValidationFigures(tf.keras.callbacks.Callback):
+    """The job's ``validation_figures`` of the whole validation set, as ``val_<name>`` each epoch.
+
+    Each rank scores its own share of the validation set; the scores are gathered, so every
+    rank computes the same figures from the same whole set (ranking figures such as AUROC
+    cannot be averaged over ranks' shares).  Scored with the model called directly, not
+    ``predict``: no collective a strategy would run, on either engine.
+    """
+
+    def __init__(self, figures: Callable, validation: tf.data.Dataset, engine):
+        super().__init__()
+        self.figures, self.validation, self.engine = figures, validation, engine
+
+    def on_epoch_end(self, epoch, logs=None):
+        labels, scores = [], []
+        for x, y in self.validation:
+            scores.append(np.asarray(self.model(x, training=False)).ravel())
+            labels.append(np.asarray(y).ravel())
+        mine = (np.concatenate(labels or [np.zeros(0)]), np.concatenate(scores or [np.zeros(0)]))
+        gathered = self.engine.allgather_object(mine)
+        every = [np.concatenate([g[i] for g in gathered]) for i in (0, 1)]
+        for name, value in self.figures(*every).items():
+            logs[f"val_{name}"] = float(value)
+
+
 class OverfitWatch(tf.keras.callbacks.Callback):
     """Keeps the epoch history and the best weights, and stops early as Keras' EarlyStopping does.
 

@@ -10,6 +10,7 @@ the data to MLflow.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Iterator, Optional
@@ -18,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from harness.data import shards as fmt
+from harness.data.pack import TEST_INFO
 from harness.errors import RunFailed
 from harness.runtime import sharding
 from harness.runtime.distributed import ProcessContext
@@ -37,6 +39,7 @@ class Inputs:
     fit_options: dict = field(default_factory=dict)
     preprocess: object = None
     wait: Optional["InputWait"] = None  # when the input is a pipeline (not made on the device)
+    test_info: Optional[Path] = None  # the packed test samples' facts (streamed)
 
     @property
     def element_specs(self) -> tuple:
@@ -84,11 +87,16 @@ class Inputs:
         from harness.runtime import streaming
         split = "test" if "test" in self.shards.splits else streaming.validation_split(self.shards)
         xs, ys = [], []
-        for x, y in streaming.evaluation_dataset(self.shards, split, 0, 1, self.preprocess):
+        for x, y in streaming.evaluation_dataset(self.shards, split, 0, 1, self.preprocess,
+                                                 ordered=True):
             xs.append(x.numpy())
             ys.append(y.numpy())
         x, y = np.concatenate(xs), np.concatenate(ys)
-        return Splits(x[:0], y[:0], x[:0], y[:0], x, y)
+        info = None
+        if split == "test" and self.test_info is not None and self.test_info.exists():
+            with np.load(self.test_info) as f:  # in sample order, as the split is read here
+                info = {k: f[k] for k in f.files}
+        return Splits(x[:0], y[:0], x[:0], y[:0], x, y, test_info=info)
 
 
 def corrupt_file(files, shards: fmt.ShardSet) -> Optional[str]:
@@ -158,7 +166,9 @@ def streamed(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: i
     # One dataset for the whole run: fit counts each epoch's steps (every engine).
     return Inputs(train, share.steps, share.per_step, validation, shards=shards,
                   rank_files=share.files, fit_options={"steps_per_epoch": share.steps},
-                  preprocess=preprocess)
+                  preprocess=preprocess,
+                  # from the folder packed, not a node-local copy (which holds only the shards)
+                  test_info=Path(spec.data.path) / f"{TEST_INFO}.npz")
 
 
 def in_memory(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int) -> Inputs:

@@ -120,11 +120,13 @@ def _preprocessed(preprocess: Callable, with_ids: bool) -> Callable:
 
 
 def evaluation_dataset(shards: fmt.ShardSet, split: str, rank: int, size: int,
-                       preprocess: Optional[Callable] = None) -> tf.data.Dataset:
-    """This rank's every ``size``-th record of ``split``, in batches, for validation or test."""
+                       preprocess: Optional[Callable] = None,
+                       ordered: bool = False) -> tf.data.Dataset:
+    """This rank's every ``size``-th record of ``split``, in batches, for validation or test;
+    ``ordered``: in sample order (one file after another), for facts kept per sample."""
     names = [str(shards.folder / f.name) for f in shards.split(split)]
-    records = tf.data.TFRecordDataset(names, buffer_size=READ_BUFFER,
-                                      num_parallel_reads=min(len(names), 4) or None)
+    records = tf.data.TFRecordDataset(names, buffer_size=READ_BUFFER, num_parallel_reads=(
+        None if ordered else min(len(names), 4) or None))
     batches = records.shard(size, rank).batch(VALIDATION_BATCH).map(
         _parser(shards, False), num_parallel_calls=AUTOTUNE)
     if preprocess is not None:

@@ -8,7 +8,9 @@ the code here never branches on rank except to choose them.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import shutil
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Optional
@@ -76,7 +78,8 @@ def train_on(data: inputs.Inputs, spec: JobSpec, job: ModuleType, ctx: ProcessCo
     t = spec.training
     watch = cb.OverfitWatch(history, t.patience, t.min_delta, t.early_stopping, best_weights)
     callbacks = callbacks_for(spec, ctx, tracker, watch, data.steps, data.per_step, target_lr,
-                              resumed=resume_state is not None, start=start, wait=data.wait)
+                              resumed=resume_state is not None, start=start, wait=data.wait,
+                              figures=validation_figures(job, data, ctx.engine))
     validation = engine.distribute(data.validation)
     if start < t.epochs and not already_stopped(watch, model):
         try:
@@ -92,11 +95,32 @@ def train_on(data: inputs.Inputs, spec: JobSpec, job: ModuleType, ctx: ProcessCo
     check_ranks_agree(model, ctx)
     final = {}
     if ctx.is_chief and hasattr(job, "evaluate"):
-        final = job.evaluate(engine.chief_model(model, job), data.held_out())
+        final = evaluate(job, engine.chief_model(model, job), data.held_out(), spec, tracker)
     clock = next(c for c in callbacks if isinstance(c, cb.EpochClock))
     return Outcome(history=history, start_epoch=start, final=final,
                    stopped_early_at=watch.stopped_at, restored_val_loss=restored, model=model,
                    epoch_ends=clock.epoch_ends)
+
+
+def validation_figures(job: ModuleType, data: inputs.Inputs,
+                       engine) -> Optional[cb.ValidationFigures]:
+    if not hasattr(job, "validation_figures"):
+        return None
+    return cb.ValidationFigures(job.validation_figures, data.validation, engine)
+
+
+def evaluate(job: ModuleType, model, held_out, spec: JobSpec, tracker) -> dict:
+    """The job's held-out figures; a job whose ``evaluate`` takes a folder writes its tables
+    and plots there (beside the checkpoints), and they go to the run under ``evaluation/``."""
+    if len(inspect.signature(job.evaluate).parameters) < 3:
+        return job.evaluate(model, held_out)
+    folder = spec.checkpoint_dir.parent / "evaluation"
+    shutil.rmtree(folder, ignore_errors=True)  # no table from an earlier run passes for this one's
+    folder.mkdir(parents=True)
+    final = job.evaluate(model, held_out, folder)
+    for path in sorted(folder.iterdir()):
+        tracker.log_artifact(path, "evaluation")
+    return final
 
 
 def already_stopped(watch: cb.OverfitWatch, model: tf.keras.Model) -> bool:
@@ -133,7 +157,7 @@ def leave_checkpoint(callbacks: list, ctx: ProcessContext) -> int:
 
 def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.OverfitWatch,
                   steps: int, samples_per_step: np.ndarray, target_lr: float,
-                  resumed: bool = False, start: int = 0, wait=None) -> list:
+                  resumed: bool = False, start: int = 0, wait=None, figures=None) -> list:
     t = spec.training
     preemptible = ctx.slurm.in_step  # SLURM may send the warning signal; locally nobody does
     chain = [
@@ -143,6 +167,8 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps, ctx.engine),
         cb.EpochClock(samples_per_step, ctx.size),
         *([cb.InputWaitClock(wait, ctx.engine)] if wait is not None else []),
+        # Before the watch, so the figures are in the history, the progress line and MLflow.
+        *([figures] if figures is not None else []),
         watch,
     ]
     guard = cb.PreemptionGuard(ctx.engine) if preemptible else None

@@ -10,8 +10,13 @@ A job is one readable Python file beside its YAML spec.  It provides:
     the model, not compiled; ``LOSS`` and ``METRICS`` say how it is trained.
 ``prepare_data(data)`` (optional)
     run once, before the processes start (simulate or download into a cache).
-``evaluate(model, splits) -> dict`` (optional)
-    final figures on held-out data (for example test accuracy, ROC AUC), rank 0 only.
+``evaluate(model, splits[, folder]) -> dict`` (optional)
+    final figures on held-out data (for example test accuracy, ROC AUC), rank 0 only.  With a
+    third parameter it is given a folder for tables and plots, which the run keeps as
+    artifacts under ``evaluation/`` (``harness report`` prints its CSV tables).
+``validation_figures(labels, scores) -> dict`` (optional)
+    figures from the whole validation set's scores, computed after every epoch and logged as
+    ``val_<name>`` (the lens finder's ``val_auroc``, ``val_tpr10``): what sweeps choose on.
 ``preprocess(x, y) -> (x, y)`` (optional)
     TensorFlow ops on one batch streamed from a shard folder (``data.path`` naming a folder
     made by ``harness data pack``), doing what ``load_data`` does to its arrays.
@@ -60,6 +65,7 @@ class Splits:
     y_val: np.ndarray
     x_test: Optional[np.ndarray] = None
     y_test: Optional[np.ndarray] = None
+    test_info: Optional[dict] = None  # per test sample facts, {column: array}, for evaluate
 
 
 def job_source(spec) -> Path:
