@@ -230,4 +230,17 @@ def scene(rng, kind: str, half_size: float) -> dict:
         return {"kind": kind, "light": [system["light"], *field(rng, half_size)],
                 "lens": system["mass"], "source": system["source"]}
     light = elliptical(rng)[:1] if kind == "elliptical" else HARD[kind](rng)
+    # Off centre by up to a pixel, as a lens is: a centred galaxy must not say "no lens".
+    light = shifted(light, *rng.uniform(-0.263, 0.263, size=2))
     return {"kind": kind, "light": [*light, *field(rng, half_size)], "lens": None, "source": []}
+
+
+def shifted(parts: list, dx: float, dy: float) -> list:
+    moved = []
+    for part in parts:
+        part = dict(part)
+        for x_key, y_key in (("x", "y"), ("centre_x", "centre_y")):
+            if x_key in part:
+                part[x_key], part[y_key] = part[x_key] + float(dx), part[y_key] + float(dy)
+        moved.append(part)
+    return moved
