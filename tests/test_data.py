@@ -340,6 +340,13 @@ def test_the_lens_finder_streams_its_packed_simulation_on_two_ranks(workdir, tf_
         "completeness.csv", "completeness.png", "false_positives_by_kind.csv", "roc.csv", "roc.png"]
     kinds = (tables / "false_positives_by_kind.csv").read_text()
     assert "spiral" in kinds and "ring" in kinds and "lens" not in kinds
+    # harness report reads them back from MLflow: figures with intervals, then the tables.
+    run_id = re.search(r"MLflow run (\w+)", done.stdout).group(1)
+    report = run_cli("report", run_id, cwd=workdir)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert re.search(r"test_auroc: [\d.]+ \[[\d.]+, [\d.]+\]", report.stdout), report.stdout
+    assert "evaluation/completeness.csv (23 rows)" in report.stdout
+    assert re.search(r"einstein_radius_over_seeing +0\.6 +0\.8", report.stdout)
 
 
 def test_a_staged_node_copies_its_ranks_files_and_the_validation_split_once(packed):
