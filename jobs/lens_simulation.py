@@ -395,12 +395,17 @@ def simulate(spec: SetSpec, cache_dir, workers: int = None, task: int = 0, tasks
 
 def load_split(spec: SetSpec, cache_dir, split: str) -> dict:
     """One split's images, labels and records, from its chunks in order."""
+    return _read_split(spec, cache_dir, split, lambda f: {k: f[k] for k in f.files})
+
+
+def _read_split(spec: SetSpec, cache_dir, split: str, read) -> dict:
+    """``read`` (an open chunk file -> {name: array}) over the split's chunks, concatenated."""
     folder = spec.folder(cache_dir)
     parts = []
     for name, index, _ in spec.chunks():
         if name == split:
             with np.load(chunk_path(folder, name, index)) as f:
-                parts.append({k: f[k] for k in f.files})
+                parts.append(read(f))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -439,14 +444,8 @@ def chunked_split(spec: SetSpec, cache_dir, split: str, transform=None) -> tuple
 
 def load_info(spec: SetSpec, cache_dir, split: str) -> dict:
     """A split's per-image records and labels (so the order can be checked), without images."""
-    folder = spec.folder(cache_dir)
-    parts = []
-    for name, index, _ in spec.chunks():
-        if name == split:
-            with np.load(chunk_path(folder, name, index)) as f:
-                parts.append({"label": f["labels"].ravel().astype(int),
-                              **{k: f[k] for k in INFO_FIELDS}})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return _read_split(spec, cache_dir, split, lambda f: {
+        "label": f["labels"].ravel().astype(int), **{k: f[k] for k in INFO_FIELDS}})
 
 
 def load_or_simulate(spec: SetSpec, cache_dir, log=print) -> dict:
