@@ -42,7 +42,7 @@ class Data:
     test_nonlenses: int = field(default=2500, metadata=doc(
         "non-lenses in the held-out test set: 1/this is the smallest false-positive rate resolved"))
     num_pix: int = field(default=48, metadata=doc("cut-out size in pixels (0.263 arcsec each)"))
-    arc_snr_median: float = field(default=25.0, metadata=doc(
+    arc_snr_median: float = field(default=50.0, metadata=doc(
         "median r-band arc signal-to-noise of the lenses (log-normal, 0.3 dex, clipped to 3-150)"))
     sim_seed: int = field(default=2026, metadata=doc("seed of the simulation (part of the cache key)"))
     cache_dir: str = field(default=".cache/lensfinder", metadata=doc("where the set is cached"))

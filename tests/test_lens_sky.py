@@ -136,3 +136,38 @@ def test_lenses_and_non_lenses_sit_equally_off_centre():
                                for _ in range(200)]) for kind in ("lens", "elliptical", "spiral")}
     spreads = {kind: float(np.abs(xy).mean()) for kind, xy in offsets.items()}
     assert all(0.1 < s < 0.16 for s in spreads.values()), spreads  # uniform in +-0.263": mean 0.13
+
+
+def test_array_tasks_share_the_chunks_out(tmp_path, monkeypatch, capsys):
+    """`python -m jobs.lens_simulation SPEC --task I --tasks N` (a SLURM array task each) makes
+    every N-th chunk; together they make the set the job then loads without simulating."""
+    from harness.spec.loader import load_spec
+    monkeypatch.setattr(sim, "CHUNK", 10)
+    spec_file = __import__("conftest").REPO / "jobs" / "lensfinder_cnn.yaml"
+    sets = ["data.n_images=200", "data.num_pix=24", "data.test_lenses=10", "data.test_nonlenses=30",
+            f"data.cache_dir={tmp_path}"]
+    args = [str(spec_file), *(a for s in sets for a in ("--set", s)), "--workers", "1"]
+    assert sim.main([*args, "--task", "0", "--tasks", "2"]) == 0
+    data = load_spec(spec_file, sets).data
+    folder = data.set_spec().folder(tmp_path)
+    made = len(list(folder.glob("*.npz")))
+    assert made == 12  # 24 chunks of 10 (160 train, 40 val, 40 test), every other one
+    assert sim.main([*args, "--task", "1", "--tasks", "2"]) == 0
+    assert len(list(folder.glob("*.npz"))) == 24
+    said = []
+    sim.simulate(data.set_spec(), tmp_path, log=said.append)
+    assert said == []  # nothing left to simulate
+    assert sim.main([str(spec_file), "--set", "data.num_pix=7"]) == 2
+    assert "data.num_pix" in capsys.readouterr().err
+
+
+def test_the_gpu_tier_spec_loads_and_its_resnet_builds():
+    from harness.spec.loader import load_spec
+    from jobs import lensfinder_cnn
+    spec = load_spec(__import__("conftest").REPO / "jobs" / "lensfinder_gpu.yaml")
+    assert spec.data.model == "resnet" and spec.data.num_pix == 64
+    counts = {name: lens + non for name, lens, non in spec.data.set_spec().splits}
+    assert counts["train"] >= 1_000_000 and counts["test"] >= 1_000_000
+    model = lensfinder_cnn.build_model(spec.data)
+    assert model.output_shape == (None, 1)
+    assert sum(type(layer).__name__ == "Add" for layer in model.layers) == 8  # 4 stages x 2 blocks
