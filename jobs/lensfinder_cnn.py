@@ -120,6 +120,8 @@ def build_model(data: Data):
     layers = tf.keras.layers
     return tf.keras.Sequential([
         layers.Input(shape=(data.num_pix, data.num_pix, len(lens_simulation.BANDS))),
+        # A lens is a lens mirrored: flips (training only) as lens finders augment.
+        layers.RandomFlip("horizontal_and_vertical"),
         layers.Conv2D(16, 3, padding="same", activation="relu"),
         layers.MaxPooling2D(),
         layers.Conv2D(32, 3, padding="same", activation="relu"),
@@ -138,7 +140,8 @@ def resnet(data: Data, layers):
     four stages of two residual blocks, 32-256 filters, global average pooling."""
     import tensorflow as tf
     inputs = layers.Input(shape=(data.num_pix, data.num_pix, len(lens_simulation.BANDS)))
-    x = layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs)
+    x = layers.RandomFlip("horizontal_and_vertical")(inputs)
+    x = layers.Conv2D(32, 3, padding="same", use_bias=False)(x)
     x = layers.ReLU()(layers.BatchNormalization()(x))
     for stage, filters in enumerate((32, 64, 128, 256)):
         for block in range(2):
