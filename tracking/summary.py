@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from harness.errors import UserError
-from tracking.report import human_epoch, terminal_summary
+from tracking.intervals import with_intervals
+from tracking.report import _fmt, human_epoch, terminal_summary
 from tracking.run import reading_client, tracking_uri
 
 EPOCH_KEYS = ("loss", "val_loss", "generalization_gap", "accuracy", "val_accuracy",
@@ -24,21 +25,6 @@ def _epoch(value):
     return None if value is None else int(value)
 
 
-def with_intervals(final: dict) -> dict:
-    """``name: value [low, high]`` for each figure logged with ``name_low`` and ``name_high``."""
-    from tracking.report import _fmt
-    out = {}
-    for name, value in final.items():
-        base = name.rsplit("_", 1)[0]
-        if name.endswith(("_low", "_high")) and f"{base}_low" in final and f"{base}_high" in final \
-                and base in final:
-            continue
-        if f"{name}_low" in final and f"{name}_high" in final:
-            value = f"{_fmt(value)} [{_fmt(final[name + '_low'])}, {_fmt(final[name + '_high'])}]"
-        out[name] = value
-    return out
-
-
 def print_report(run_id: str) -> int:
     client = reading_client(f"run {run_id!r}")
     try:
@@ -48,8 +34,11 @@ def print_report(run_id: str) -> int:
                         f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                         "set MLFLOW_TRACKING_URI to the server that holds it") from None
     # Every held-out figure the job logged, each interval beside its figure.
-    final = with_intervals({k: v for k, v in sorted(run.data.metrics.items())
-                            if k in FINAL_KEYS or k.startswith("test_")})
+    final = {name: value if interval is None else
+             f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+             for name, value, interval in with_intervals(
+                 {k: v for k, v in sorted(run.data.metrics.items())
+                  if k in FINAL_KEYS or k.startswith("test_")})}
     final["status"] = run.info.status
     verdict = run.data.tags.get("overfitting", "not recorded")
     metrics = run.data.metrics
@@ -74,7 +63,6 @@ LONG_TABLE_ROWS = 40  # a longer table (an ROC curve) is named, not printed
 def print_evaluation_tables(client, run_id: str) -> None:
     """The job's held-out CSV tables (completeness, false positives by kind), as text."""
     import csv
-    import io
     import tempfile
     try:
         tables = [a.path for a in client.list_artifacts(run_id, EVALUATION) if a.path.endswith(".csv")]
@@ -82,8 +70,8 @@ def print_evaluation_tables(client, run_id: str) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         for path in tables:
-            rows = list(csv.reader(io.StringIO(open(client.download_artifacts(
-                run_id, path, tmp)).read())))
+            with open(client.download_artifacts(run_id, path, tmp)) as f:
+                rows = list(csv.reader(f))
             print(f"\n{path} ({len(rows) - 1} rows)")
             if len(rows) - 1 > LONG_TABLE_ROWS:
                 print("  (long; open it in the MLflow UI or download it)")

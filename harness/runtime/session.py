@@ -16,6 +16,7 @@ from harness.spec.schema import JobSpec
 from harness.telemetry import nvml
 from slurm import preemption
 from tracking import open_tracker_in_background
+from tracking.intervals import with_intervals
 
 
 def run_training(launch: Manifest, point: Point, job: ModuleType) -> int:
@@ -137,15 +138,12 @@ def check_requeue_cap(ctx, tracker) -> None:
 
 
 def held_out_text(final: dict) -> str:
-    """``name value`` per figure; a figure with ``name_low``/``name_high`` gets its interval,
-    and counts print as integers."""
+    """``name value`` per figure, its interval beside it; counts print as integers."""
     parts = []
-    for name, value in final.items():
-        if name.endswith(("_low", "_high")) and name.rsplit("_", 1)[0] in final:
-            continue
+    for name, value, interval in with_intervals(final):
         text = f"{name} {value}" if isinstance(value, int) else f"{name} {value:.4f}"
-        if f"{name}_low" in final and f"{name}_high" in final:
-            text += f" [{final[f'{name}_low']:.4f}, {final[f'{name}_high']:.4f}]"
+        if interval is not None:
+            text += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
         parts.append(text)
     return "  ".join(parts)
 
