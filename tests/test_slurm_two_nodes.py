@@ -114,7 +114,7 @@ VALIDATE = (r"validate: N=2 \(2 nodes x 1\): measured (\d+)%.*, predicted (\d+)%
 
 
 def test_prediction_follows_a_network_shaped_to_a_known_rate(two_nodes, workdir):
-    """On the unshaped bridge and on the link shaped to 100 Mbit/s, the sweep times the link the
+    """On the unshaped bridge and on the link shaped to 50 Mbit/s, the sweep times the link the
     shaping set, predicts from it and the 1-process step, and checks itself against the
     measurement.  The job is the GPU stand-in: like a GPU node's host, each node's core idles
     while the step computes, so the core is free for the communication.
@@ -135,20 +135,24 @@ def test_prediction_follows_a_network_shaped_to_a_known_rate(two_nodes, workdir)
         one, = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent}' and "
                                   "tags.`scale.processes` = '1'")
-        _shape("100mbit")
+        _shape("50mbit")
         shaped = _sweep_two_nodes(slurm, server, workdir, "2", "--from-run", one.info.run_id)
     finally:
         _shape()
-    for name, out in (("unshaped", unshaped), ("100mbit", shaped)):
+    for name, out in (("unshaped", unshaped), ("50mbit", shaped)):
         measured, predicted, *_ = re.search(VALIDATE, out).groups()
         found[name] = int(measured), int(predicted)
         assert "predict: links: inter-node" in out and "measured by this sweep at N=2" in out
         assert re.search(r"^recommendation: .+", out, re.M)
     assert f"run {one.info.run_id[:8]}, median of 3 epoch(s)" in shaped  # the earlier N=1
     busbw = float(re.search(r"N=2: step .* at ([\d.]+) GB/s bus bandwidth", shaped).group(1))
-    assert 0.5 * 0.0125 < busbw < 1.05 * 0.0125, busbw  # 100 Mbit/s = 12.5 MB/s, as shaped
+    assert 0.5 * 0.00625 < busbw < 1.05 * 0.00625, busbw  # 50 Mbit/s = 6.25 MB/s, as shaped
+    # The scenario's premise, not the harness's claim: 50 Mbit/s makes the allreduce of the
+    # stand-in's ~1.2 MB of gradients (~190 ms) about four times its compute (40 ms idle plus the
+    # host's own few ms), so the factor of two below holds on a machine twice as slow.  At 100
+    # Mbit/s it was 96 ms against 49 ms on a loaded machine, too close to be a premise.
     allreduce_ms = float(re.search(VALIDATE, shaped).group(5))
     assert allreduce_ms > 2 * float(re.search(VALIDATE, shaped).group(3))
-    assert found["100mbit"][1] < 50 < found["unshaped"][1]  # the model: network-bound vs not
-    assert found["100mbit"][0] < found["unshaped"][0], found  # and the measurement agrees
+    assert found["50mbit"][1] < 50 < found["unshaped"][1]  # the model: network-bound vs not
+    assert found["50mbit"][0] < found["unshaped"][0], found  # and the measurement agrees
     print(f"two-node (measured %, predicted %): {found}")
