@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ from harness.errors import UserError
 from slurm import options
 from slurm.preemption import DEFAULT_MAX_REQUEUES
 from harness.spec.loader import read_yaml
-from harness.spec.schema import FieldError, ResourcesSpec, build, doc, slurm_time_seconds
+from harness.spec.schema import (FieldError, ResourcesSpec, TrainingSpec, build, doc,
+                                 slurm_time_seconds)
 
 CLUSTERS_DIR = Path(__file__).resolve().parent / "clusters"
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -29,7 +31,13 @@ class Partition:
     memory_gb: float = field(metadata=doc("RAM per node, GB"))
     max_time: str = field(metadata=doc("the partition's time limit"))
     launch: str = field(default="srun-pmix", metadata=doc("srun-pmix, srun-pmi2 or mpirun"))
+    compute_capability: str = field(default="", metadata=doc(
+        "the GPUs' CUDA compute capability, e.g. \"7.5\"; below 7.0 (Pascal) mixed precision "
+        "is refused; empty: unknown"))
     nccl: Any = field(default=None, metadata=doc("NCCL environment variables"))
+    horovod: Any = field(default=None, metadata=doc(
+        "Horovod tuning variables for this partition, e.g. {HOROVOD_FUSION_THRESHOLD: 67108864}; "
+        "a spec's communication settings win"))
     gres: bool = field(default=True, metadata=doc(
         "request GPUs with --gres=gpu:G; false on a CPU-only partition (gpus_per_node = processes)"))
     sbatch: Any = field(default=None, metadata=doc(
@@ -52,6 +60,12 @@ class Partition:
             raise FieldError("launch", self.launch, "use one of " + ", ".join(LAUNCH_METHODS))
         if slurm_time_seconds(self.max_time) is None:
             raise FieldError("max_time", self.max_time, "use HH:MM:SS or D-HH:MM:SS")
+        if self.compute_capability and not re.fullmatch(r"\d+\.\d+", self.compute_capability):
+            raise FieldError("compute_capability", self.compute_capability,
+                             "use MAJOR.MINOR as NVIDIA lists it, e.g. \"7.5\"")
+        for name, value in (self.horovod or {}).items():
+            if not re.fullmatch(r"HOROVOD_[A-Z0-9_]+", str(name)):
+                raise FieldError(f"horovod.{name}", value, "names start with HOROVOD_")
         if not 0 <= self.max_requeues <= 1000:
             raise FieldError("max_requeues", self.max_requeues, "use 0..1000")
         for name in ("intra_node_GBps", "inter_node_GBps", "intra_node_latency_us",
@@ -128,6 +142,22 @@ def _template(name, profile: Path) -> Path:
     known = ", ".join(sorted(p.name for p in TEMPLATES_DIR.glob("*.j2")))
     raise UserError(f"template={name!r}: no such file beside the profile or in {TEMPLATES_DIR} "
                     f"(there: {known})")
+
+
+MIXED_PRECISION_MIN_CC = (7, 0)  # Volta and later: tensor cores; Pascal runs float16 at 1/64
+
+
+def check_precision(training: TrainingSpec, name: str, part: Partition) -> None:
+    """Mixed precision only where float16 pays: refused on a Pascal partition (exit 2)."""
+    if not (training.mixed_precision and part.compute_capability):
+        return
+    major, minor = map(int, part.compute_capability.split("."))
+    if (major, minor) < MIXED_PRECISION_MIN_CC:
+        raise UserError(
+            f"training.mixed_precision=true: partition {name} ({part.gpu_model}, compute "
+            f"capability {part.compute_capability}) has no tensor cores and runs float16 at a "
+            "fraction of float32's speed; use false there, or a partition of compute capability "
+            ">= 7.0")
 
 
 def check_fit(resources: ResourcesSpec, cluster: Cluster) -> tuple[str, Partition]:

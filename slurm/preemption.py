@@ -84,9 +84,10 @@ _signal_at = 0.0  # time.monotonic() when it arrived: signal-to-exit is measured
 class Preempted(Exception):
     """Raised out of ``model.fit`` on every rank at the same batch boundary."""
 
-    def __init__(self, epoch: int):
-        super().__init__(f"preempted during epoch {epoch + 1}")
+    def __init__(self, epoch: int, batch: int = 0):
+        super().__init__(f"preempted during epoch {epoch + 1}, before its batch {batch}")
         self.epoch = epoch  # zero-based epoch that was interrupted
+        self.batch = batch  # zero-based batch of that epoch that was not run
         self.checkpoint_epoch: int | None = None  # epochs completed in the checkpoint left behind
 
 

@@ -22,7 +22,7 @@ from harness.entrypoints import failure_command, prepare_command, worker_command
 from harness.spec.schema import JobSpec
 from slurm import options as extra_options
 from slurm import preemption
-from slurm.cluster import Cluster, Partition, check_fit
+from slurm.cluster import Cluster, Partition, check_fit, check_precision
 
 COMMENT = "lars-harness"  # marks the harness's jobs for `harness status`
 # --unbuffered: rank 0's epoch lines reach the log as they happen (tail -f works).
@@ -50,6 +50,7 @@ def sbatch_options(spec: JobSpec, cluster: Cluster, log_dir: Path, workdir: Path
     the profile's; none of them may set what the harness computes.
     """
     partition, part = check_fit(spec.resources, cluster)
+    check_precision(spec.training, partition, part)
     gpus = spec.resources.gpus_per_node
     cpus_per_task = max(1, part.cpus_per_node // part.gpus_per_node)
     mem_gb = int(part.memory_gb * gpus / part.gpus_per_node)
@@ -120,16 +121,23 @@ def render_sbatch(spec: JobSpec, cluster: Cluster, repo: Path, log_dir: Path,
     return _render(
         cluster, spec.spec_path, options, manifest, part,
         prepare=prepare_command(python, str(manifest), index),
-        horovod=engine_info(spec.training.engine).batch_env, tracking_uri=tracking_uri,
+        horovod={**engine_info(spec.training.engine).batch_env, **(part.horovod or {}),
+                 **horovod_knobs(spec)},
+        nccl={**(part.nccl or {}), **(spec.communication.nccl or {})}, tracking_uri=tracking_uri,
         shape=(r.nodes * r.gpus_per_node, r.nodes, r.gpus_per_node),
         launch=launch_command(spec, part.launch, options["cpus-per-task"])
         + worker_command(python, str(manifest), index),
         report_failure=failure_command(python, str(manifest), index))
 
 
+def horovod_knobs(spec: JobSpec) -> dict:
+    """The spec's Horovod tuning variables (the ranks set them too: a script shows them)."""
+    return {k: v for k, v in spec.communication.environment().items() if k.startswith("HOROVOD_")}
+
+
 def _render(cluster: Cluster, spec_path: str, options: dict, manifest: Path, part: Partition,
             prepare: list, horovod: Mapping, tracking_uri: str, shape: tuple, launch: list,
-            report_failure: list, summarizes: str = "") -> str:
+            report_failure: list, summarizes: str = "", nccl: Optional[Mapping] = None) -> str:
     """The cluster's template filled in: every script the harness queues goes through it, so a
     site's preamble (modules, proxies) reaches each one."""
     template = _environment(cluster.template.parent).get_template(cluster.template.name)
@@ -140,7 +148,7 @@ def _render(cluster: Cluster, spec_path: str, options: dict, manifest: Path, par
         env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": options["cpus-per-task"],
              "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
              preemption.MAX_REQUEUES_ENV: str(part.max_requeues), **cpu_partition_env(part)},
-        nccl=part.nccl or {}, horovod=horovod,
+        nccl=(part.nccl or {}) if nccl is None else nccl, horovod=horovod,
         tracking={"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {},
         tasks=tasks, nodes=nodes, per_node=per_node, launch=launch,
         requeue_tail=preemption.requeue_tail(" ".join(map(shlex.quote, report_failure))))

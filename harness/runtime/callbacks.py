@@ -1,8 +1,16 @@
 """Keras callbacks that make up the harness's per-step and per-epoch work.
 
-Order matters and is fixed by ``trainer.callbacks_for``: the engine's broadcast
-and metric averaging first, so every later callback sees the same averaged
-numbers on every rank and takes the same decisions (stop, checkpoint).
+Order matters and is fixed by ``trainer.callbacks_for``: the engine's metric
+averaging first, so every later callback sees the same averaged numbers on every
+rank and takes the same decisions (stop, checkpoint).
+
+No step waits for the host.  Keras turns a step's logs into Python numbers, which waits for
+the step to finish, whenever a batch hook might read them: on Keras 2 unless every callback
+with batch hooks declares ``_supports_tf_logs``, on Keras 3 whenever any callback implements
+``on_train_batch_end``.  So the harness's per-step work (rate schedule, clock, input wait,
+preemption check) sits in ``on_train_batch_begin``, reads no logs, and says so (``HostFree``):
+the host dispatches step k+1 while the device still runs step k.  Only the opt-in batch-loss
+log (``tracking.batch_metrics_every``) reads a step's loss, and then only on its steps.
 """
 from __future__ import annotations
 
@@ -21,8 +29,20 @@ from harness.runtime.throughput import Throughput
 from slurm import preemption
 
 
-class ScheduledRate(tf.keras.callbacks.Callback):
-    """Sets the optimizer's rate before each step: warm-up ramp, then the scaled rate."""
+class HostFree(tf.keras.callbacks.Callback):
+    """A callback that never reads a step's logs in its batch hooks: Keras may hand them over as
+    tensors, without waiting for the step (Keras 2 reads ``_supports_tf_logs``)."""
+
+    _supports_tf_logs = True
+
+
+class ScheduledRate(HostFree):
+    """Sets the optimizer's rate before each step: warm-up ramp, then the scaled rate.
+
+    With ``training.steps_per_execution`` K, Keras calls the batch hooks once per K steps (batch
+    = the first step of the call): the rate is set for that step and holds for the K steps of
+    the call, so the ramp climbs in stairs of K steps and reaches the target at the same step.
+    """
 
     def __init__(self, base: float, target: float, warmup_epochs: float, steps: int, engine):
         super().__init__()
@@ -44,8 +64,13 @@ class ScheduledRate(tf.keras.callbacks.Callback):
         logs["lr"] = float(self.current)
 
 
-class EpochClock(tf.keras.callbacks.Callback):
-    """Epoch wall time and training throughput over all processes, first step excluded."""
+class EpochClock(HostFree):
+    """Epoch wall time and training throughput over all processes, first step excluded.
+
+    Read at the start of each step call (step ``batch`` begins once the previous ones are
+    dispatched) and when training ends for the epoch (Keras waits for the last step before
+    validating), so the validation pass is not counted as training time.
+    """
 
     def __init__(self, global_batches: np.ndarray, processes: int):
         super().__init__()
@@ -56,25 +81,36 @@ class EpochClock(tf.keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
+        self.trained = False
         # In the first epoch the first step traces and compiles the graph: leave it out.
         self.meter = Throughput(warmup_steps=2 if self.first_epoch else 1, processes=self.processes)
         self.meter.update(self.started, 0)
         self.first_epoch = False
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.meter.update(time.perf_counter(), int(self.cumulative[batch]))
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch > 0:  # steps 0..batch-1 are done
+            self.meter.update(time.perf_counter(), int(self.cumulative[batch - 1]))
+
+    def on_test_begin(self, logs=None):  # fit's validation pass: the epoch's training is over
+        self._training_done()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._training_done()
         logs["time/epoch_s"] = time.perf_counter() - self.started
         logs.update(self.meter.compute())
         self.epoch_ends.append(time.time())
+
+    def _training_done(self) -> None:
+        if not self.trained:
+            self.meter.update(time.perf_counter(), int(self.cumulative[-1]))
+            self.trained = True
 
 
 INPUT_BOUND = 0.10  # the share of step time waiting for input above which the epoch line says so
 INPUT_BOUND_MIN_S = 1.0  # ... when the epoch waited at least this long in all
 
 
-class InputWaitClock(tf.keras.callbacks.Callback):
+class InputWaitClock(HostFree):
     """``time/data_wait_fraction``: the share of the epoch the steps spent waiting for their
     batch, the largest over the ranks (every rank calls this, so the maximum is a collective)."""
 
@@ -88,10 +124,13 @@ class InputWaitClock(tf.keras.callbacks.Callback):
         self.wait.delivered.clear()
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.began.append(time.perf_counter())
+        self.began.append((batch, time.perf_counter()))
 
     def on_epoch_end(self, epoch, logs=None):
-        pairs = list(zip(self.began, self.wait.delivered))
+        # A call of K steps (steps_per_execution) is seen from the host when it begins: its first
+        # batch's wait is measured, the K-1 fetched inside the call are not.
+        delivered = self.wait.delivered
+        pairs = [(began, delivered[batch]) for batch, began in self.began if batch < len(delivered)]
         if self.first_epoch:  # the first step traces the graph: not waiting for data
             pairs, self.first_epoch = pairs[1:], False
         waited = sum(max(0.0, delivered - began) for began, delivered in pairs)
@@ -184,24 +223,33 @@ def format_epoch(epoch: int, total: int, logs: dict) -> str:
 class Reporter(tf.keras.callbacks.Callback):
     """Rank 0: one line per epoch on stdout and the epoch's metrics to the tracker."""
 
-    def __init__(self, tracker, total_epochs: int, steps: int, batch_every: int = 0, out=sys.stdout):
+    def __init__(self, tracker, total_epochs: int, out=sys.stdout):
         super().__init__()
         self.tracker, self.total, self.out = tracker, total_epochs, out
-        self.steps, self.batch_every = steps, batch_every
+
+    def on_epoch_end(self, epoch, logs=None):
+        print(format_epoch(epoch, self.total, logs), file=self.out, flush=True)
+        self.tracker.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+
+class BatchLossReporter(HostFree):
+    """Rank 0, opt-in (``tracking.batch_metrics_every``): its own running loss every N steps
+    (not averaged over ranks: that would cost an allreduce per step).  Only the steps it logs
+    wait for the device on Keras 2; on Keras 3 any ``on_train_batch_end`` makes Keras convert
+    every step's logs, so this is the one callback that costs a sync per step there."""
+
+    def __init__(self, tracker, steps: int, every: int):
+        super().__init__()
+        self.tracker, self.steps, self.every = tracker, steps, every
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        # Rank 0's own running loss (not averaged over ranks: that would cost an allreduce per step).
-        if self.batch_every and batch % self.batch_every == 0 and logs and "loss" in logs:
+        if batch % self.every == 0 and logs and "loss" in logs:
             self.tracker.log_metrics({"batch/loss_rank0": float(logs["loss"])},
                                      step=self.epoch * self.steps + batch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        print(format_epoch(epoch, self.total, logs), file=self.out, flush=True)
-        self.tracker.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
 
 
 class Checkpointer(tf.keras.callbacks.Callback):
@@ -252,40 +300,48 @@ class Checkpointer(tf.keras.callbacks.Callback):
         return list(self.model.weights) + self.engine.optimizer_variables(self.model.optimizer)
 
 
-class PreemptionGuard(tf.keras.callbacks.Callback):
-    """Every K batches, all ranks ask: did any rank get the signal?  Then all stop there.
+class PreemptionGuard(HostFree):
+    """Every K step calls, all ranks ask: did any rank get the signal?  Then all stop there.
 
     One allreduce (max) carries the flag and the timings that set the next K, so
-    every rank computes the same K and checks after the same batch.
+    every rank computes the same K and checks before the same batch.  The check runs as a
+    step call begins, so with ``steps_per_execution`` > 1 it falls between two calls, never
+    inside one; the batch it stops before is in ``stopped_before`` (and in the closing line).
     """
 
     def __init__(self, engine):
         super().__init__()
         self.engine = engine
-        self.epoch, self.batches, self.next_check, self.last_checked = 0, 0, 1, 0
+        self.epoch, self.calls, self.next_check, self.last_checked = 0, 0, 1, 0
         self.since = time.perf_counter()
         self.check_s = 0.0
+        self.stopped_before: Optional[tuple[int, int]] = None  # (epoch, batch), zero-based
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def check_at_next_batch(self) -> None:
-        """Agree after the next batch whatever the interval (after a hold, a signal is likely)."""
-        self.next_check = self.batches + 1
+        """Agree before the next step call whatever the interval (after a hold, a signal is
+        likely)."""
+        self.next_check = self.calls
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-        if self.batches < self.next_check:
-            return
+    def on_train_batch_begin(self, batch, logs=None):
+        # Every step call before this one has finished on this rank when the allreduce returns.
+        if self.calls >= self.next_check:
+            self._agree(batch)
+        self.calls += 1
+
+    def _agree(self, batch: int) -> None:
         now = time.perf_counter()
-        step_s = (now - self.since) / max(1, self.batches - self.last_checked)
+        step_s = (now - self.since) / max(1, self.calls - self.last_checked)
         mine = np.array([float(preemption.requested()), step_s, self.check_s], dtype=np.float64)
         agreed = self.engine.agree_max(mine)
         self.check_s = time.perf_counter() - now
         if agreed[0] > 0:
-            raise preemption.Preempted(self.epoch)
-        self.last_checked, self.since = self.batches, time.perf_counter()
-        self.next_check = self.batches + preemption.check_interval(agreed[1], agreed[2])
+            self.stopped_before = (self.epoch, batch)
+            raise preemption.Preempted(self.epoch, batch)
+        self.last_checked, self.since = self.calls, time.perf_counter()
+        self.next_check = self.calls + preemption.check_interval(agreed[1], agreed[2])
 
 
 HOLD_AFTER_EPOCH_ENV = "HARNESS_HOLD_AFTER_EPOCH"
@@ -293,14 +349,14 @@ HOLD_RELEASE_ENV = "HARNESS_HOLD_RELEASE"
 HOLD_MAX_S = 600.0
 
 
-class HoldPoint(tf.keras.callbacks.Callback):
+class HoldPoint(HostFree):
     """Holds every rank after epoch K (``HARNESS_HOLD_AFTER_EPOCH``; several: ``5,20``) until a
     stop signal arrives or the file ``HARNESS_HOLD_RELEASE`` says so: a test that preempts,
     cancels or cuts the tracking server acts at a point it controls instead of racing the job
     to its end.  An empty release file releases every hold; one holding a number releases the
     holds up to that epoch.  The line "hold: after epoch K" says the job is there.  Runs last,
-    after the epoch's line and checkpoint; the guard then agrees at the very next batch, so the
-    stop lands in epoch K+1 on every rank.
+    after the epoch's line and checkpoint; the guard then agrees before the very next batch, so
+    the stop lands at the start of epoch K+1 on every rank.
     """
 
     def __init__(self, epochs, release: str, guard: Optional[PreemptionGuard], chief: bool):

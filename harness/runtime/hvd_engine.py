@@ -50,9 +50,16 @@ class HorovodEngine:
     def scope(self):
         return contextlib.nullcontext()
 
-    def optimizer(self, name, rate, fp16_allreduce):
+    def optimizer(self, name, rate, fp16_allreduce, backward_passes_per_step=1):
         compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
-        return hvd.DistributedOptimizer(_OPTIMIZERS[name](rate), compression=compression)
+        return hvd.DistributedOptimizer(_OPTIMIZERS[name](rate), compression=compression,
+                                        backward_passes_per_step=backward_passes_per_step)
+
+    def compile(self, model, optimizer, loss, metrics, steps_per_execution, jit_compile):
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                      steps_per_execution=steps_per_execution)
+        if jit_compile:
+            model.train_step = xla_train_step(model)
 
     def prepare(self, model, x_sample, y_sample):
         # Slots exist from the start: a checkpoint taken before the first step holds them too.
@@ -64,11 +71,16 @@ class HorovodEngine:
     def optimizer_variables(self, optimizer):
         return list(optimizer.variables())
 
+    def start_equal(self, model):
+        # What Horovod's BroadcastGlobalVariablesCallback does at the first batch's end, done once
+        # before fit: that callback's batch hook made Keras sync the host after every step.
+        hvd_core.broadcast_variables(model.variables, root_rank=0)
+        hvd_core.broadcast_variables(model.optimizer.variables(), root_rank=0)
+
     def sync_callbacks(self):
-        # Start every rank from rank 0's weights (matters after a resume on one rank's files);
-        # average metrics over ranks so every later callback decides the same on every rank.
-        return [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-                hvd.callbacks.MetricAverageCallback()]
+        # Average metrics over ranks so every later callback decides the same on every rank
+        # (an epoch hook: no per-step cost).
+        return [hvd.callbacks.MetricAverageCallback()]
 
     def distribute(self, dataset, training=False):
         return dataset
@@ -86,3 +98,27 @@ class HorovodEngine:
             lambda: hvd_core.allreduce(tensor, op=hvd_core.Sum, name=name).numpy(),
             lambda: hvd_core.allreduce(tf.constant(0), name="probe.barrier").numpy(),
             lambda v: int(hvd_core.allreduce(tf.constant(v), op=hvd_core.Max, name="probe.agree")))
+
+
+def xla_train_step(model):
+    """Keras' train step with the forward and backward pass compiled by XLA and Horovod's
+    allreduce outside it: Horovod's ops have no XLA kernels (``jit_compile=True`` in
+    ``model.compile`` fails on "No registered 'HorovodAllreduce' OpKernel for XLA_CPU_JIT").
+    Since TensorFlow 2.4 the DistributedOptimizer allreduces in ``_compute_gradients``, which
+    this step replaces, so it calls the optimizer's ``_allreduce`` itself."""
+
+    @tf.function(jit_compile=True)
+    def forward_backward(x, y, sample_weight):
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x, y, y_pred, sample_weight)
+        return y_pred, tape.gradient(loss, model.trainable_variables)
+
+    def train_step(data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, grads = forward_backward(x, y, sample_weight)
+        variables = model.trainable_variables
+        model.optimizer.apply_gradients(zip(model.optimizer._allreduce(grads, variables), variables))
+        return model.compute_metrics(x, y, y_pred, sample_weight)
+
+    return train_step

@@ -174,35 +174,74 @@ def streamed(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: i
 def in_memory(job: ModuleType, spec: JobSpec, ctx: ProcessContext, start_epoch: int) -> Inputs:
     splits: Splits = job.load_data(spec.data, spec.training.seed)
     n_train, batch = len(splits.x_train), spec.training.batch_size
+    # One dataset for the whole run, repeated, and fit counts each epoch's steps: Keras needs
+    # the count to run several steps per call (training.steps_per_execution).
     if hasattr(job, "device_batches"):  # synthetic data made on the device: no input pipeline
         steps = sharding.steps_per_epoch(n_train, ctx.size, batch)
         train = job.device_batches(spec.data, batch, steps, spec.training.seed + ctx.rank)
         validation = job.device_batches(spec.data, batch, 2, spec.training.seed + 10_000)
-        return Inputs(train, steps, np.full(steps, batch * ctx.size), validation, splits)
+        return Inputs(train.repeat(), steps, np.full(steps, batch * ctx.size), validation, splits,
+                      fit_options={"steps_per_epoch": steps})
     train, steps = shard_dataset(splits.x_train, splits.y_train, ctx, spec.training, start_epoch)
     idx = sharding.shard_indices(len(splits.x_val), ctx.rank, ctx.size)
     validation = tf.data.Dataset.from_tensor_slices((splits.x_val[idx], splits.y_val[idx])).batch(512)
-    return Inputs(train, steps, sharding.global_batch_sizes(n_train, ctx.size, steps), validation,
-                  splits)
+    return Inputs(train.repeat(), steps, sharding.global_batch_sizes(n_train, ctx.size, steps),
+                  validation, splits, fit_options={"steps_per_epoch": steps})
+
+
+IN_GRAPH_MAX_BYTES = 1 << 30  # arrays a pipeline may hold as tensors (a 2 GB graph limit lies near)
 
 
 def shard_dataset(x: np.ndarray, y: np.ndarray, ctx: ProcessContext, training: TrainingSpec,
                   start_epoch: int) -> tuple[tf.data.Dataset, int]:
-    """This rank's shard, reshuffled each epoch, in exactly the same number of steps as every rank."""
+    """This rank's shard, reshuffled each epoch, in exactly the same number of steps as every rank.
+
+    Python draws each epoch's order once (``sharding.epoch_batches``, so the batches are the
+    same however they are read); the batches are gathered by tf.data's own threads, in
+    parallel and ahead of the step, as ``from_tensor_slices().batch()`` would.  Arrays too large
+    to hold in a pipeline's graph are gathered by a Python generator instead (one thread)."""
     shard = sharding.shard_indices(len(x), ctx.rank, ctx.size)
     steps = sharding.steps_per_epoch(len(x), ctx.size, training.batch_size)
     epoch = [start_epoch]
 
-    def batches():
-        # Called once per epoch by Keras (the dataset is finite), so it counts epochs itself.
-        for idx in sharding.epoch_batches(shard, steps, training.seed + ctx.rank, epoch[0]):
-            yield x[idx], y[idx]
+    def epoch_batches() -> list[np.ndarray]:
+        # Called once per epoch: Keras iterates the finite dataset anew each epoch (the tf
+        # engine repeats it), so the pipeline counts the epochs itself.
+        batches = sharding.epoch_batches(shard, steps, training.seed + ctx.rank, epoch[0])
         epoch[0] += 1
+        return batches
+
+    if x.nbytes + y.nbytes > IN_GRAPH_MAX_BYTES:
+        return _generated(x, y, epoch_batches), steps
+    return _gathered(x, y, epoch_batches), steps
+
+
+def _gathered(x: np.ndarray, y: np.ndarray, epoch_batches) -> tf.data.Dataset:
+    def orders():
+        batches = epoch_batches()
+        yield np.concatenate(batches), np.cumsum([0] + [len(b) for b in batches])
+
+    def cut(order, bounds):  # one epoch's order -> its batches of indices
+        return tf.data.Dataset.range(tf.size(bounds, tf.int64) - 1).map(
+            lambda i: order[bounds[i]:bounds[i + 1]])
+
+    xs, ys = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    index = tf.TensorSpec([None], tf.int64)
+    return (tf.data.Dataset.from_generator(orders, output_signature=(index, index))
+            .flat_map(cut)
+            .map(lambda idx: (tf.gather(xs, idx), tf.gather(ys, idx)),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _generated(x: np.ndarray, y: np.ndarray, epoch_batches) -> tf.data.Dataset:
+    def batches():
+        for idx in epoch_batches():
+            yield x[idx], y[idx]
 
     signature = (tf.TensorSpec((None,) + x.shape[1:], tf.as_dtype(x.dtype)),
                  tf.TensorSpec((None,) + y.shape[1:], tf.as_dtype(y.dtype)))
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    return dataset.prefetch(2), steps
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
 class InputWait:

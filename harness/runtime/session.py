@@ -22,6 +22,8 @@ from tracking.intervals import with_intervals
 def run_training(launch: Manifest, point: Point, job: ModuleType) -> int:
     started = time.time()
     spec = point.spec
+    # Horovod reads its knobs and NCCL its settings when the engine starts: set them before.
+    os.environ.update(spec.communication.environment())
     ctx = init_process(spec.training.seed, spec.training.engine)
     state = checkpoint.plan_resume(spec.checkpoint_dir, launch.resume)
     if ctx.is_chief:
@@ -114,6 +116,9 @@ def preempted(stop: preemption.Preempted, ctx, tracker) -> int:
     where = f"checkpoint at epoch {stop.checkpoint_epoch}"
     then = (f"exiting {preemption.EXIT_REQUEUE} so the job requeues" if by_warning else
             "a preempted job requeues; after scancel, harness submit --resume continues it")
+    # Every rank says where it stopped: the same batch on all of them is the protocol's promise.
+    print(f"rank {ctx.rank}: stopped before batch {stop.batch} of epoch {stop.epoch + 1}",
+          flush=True)
     if ctx.is_chief:
         print(f"{name}: stopped during epoch {stop.epoch + 1} on every rank, {since:.1f} s after "
               f"the signal; {where}; {then}", flush=True)

@@ -131,7 +131,11 @@ def evaluation_dataset(shards: fmt.ShardSet, split: str, rank: int, size: int,
         _parser(shards, False), num_parallel_calls=AUTOTUNE)
     if preprocess is not None:
         batches = batches.map(preprocess, num_parallel_calls=AUTOTUNE)
-    return batches.prefetch(AUTOTUNE)
+    # Its length stated (the manifest counts the records): Keras needs it to run several
+    # validation steps per call (training.steps_per_execution).
+    mine = len(range(rank, shards.samples(split), size))
+    return batches.apply(tf.data.experimental.assert_cardinality(
+        -(-mine // VALIDATION_BATCH))).prefetch(AUTOTUNE)
 
 
 def validation_split(shards: fmt.ShardSet) -> str:

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from harness.errors import UserError
 from harness.runtime.collectives import time_allreduce
 from slurm import preemption
 from harness.runtime.cluster_env import ClusterEnvironment
@@ -145,8 +146,22 @@ class TfEngine:
     def scope(self):
         return self.strategy.scope()
 
-    def optimizer(self, name, rate, fp16_allreduce):
+    def optimizer(self, name, rate, fp16_allreduce, backward_passes_per_step=1):
         return _OPTIMIZERS[name](rate)
+
+    def compile(self, model, optimizer, loss, metrics, steps_per_execution, jit_compile):
+        if self.strategy.num_replicas_in_sync > 1 and (steps_per_execution > 1 or jit_compile):
+            # Measured with TensorFlow 2.21 / Keras 3.15 on 2 workers: several steps per call
+            # fail ("You must feed a value for placeholder tensor 'while/body/.../Placeholder'"
+            # in multi_step_on_iterator) and an XLA step aborts ("double free detected").
+            raise UserError(
+                f"training.steps_per_execution={steps_per_execution}, training.jit_compile="
+                f"{str(jit_compile).lower()}: the tf engine cannot run them on "
+                f"{self.strategy.num_replicas_in_sync} workers (Keras 3's multi-step loop and XLA "
+                "fail under MultiWorkerMirroredStrategy); use 1 and false, or training.engine="
+                "horovod")
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                      steps_per_execution=steps_per_execution, jit_compile=jit_compile)
 
     def prepare(self, model, x_spec, y_spec):
         # Keras 3.15 builds the model in fit() by reducing the first (x, y) batch over the
@@ -163,6 +178,11 @@ class TfEngine:
 
     def optimizer_variables(self, optimizer):
         return list(optimizer.variables)
+
+    def start_equal(self, model):
+        # Mirrored variables start equal (the strategy broadcasts initial values), and a resume
+        # reads the same checkpoint on every rank.
+        pass
 
     def sync_callbacks(self):
         # Mirrored variables start equal (the strategy broadcasts initial values); a resume

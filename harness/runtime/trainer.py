@@ -47,8 +47,12 @@ def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[
     target = scaled_rate(t.learning_rate, t.lr_scaling, ctx.size)
     with ctx.engine.scope():  # the tf engine mirrors every variable created in here
         model = job.build_model(spec.data)
-        optimizer = ctx.engine.optimizer(t.optimizer, target, t.fp16_allreduce)
-        model.compile(optimizer=optimizer, loss=job.LOSS, metrics=list(getattr(job, "METRICS", ())))
+        optimizer = ctx.engine.optimizer(t.optimizer, target, t.fp16_allreduce,
+                                         spec.communication.backward_passes_per_step)
+        # steps_per_execution: K steps per call from the host (one dispatch, one callback round);
+        # jit_compile: the step compiled by XLA.  Each engine knows how it can do both.
+        ctx.engine.compile(model, optimizer, job.LOSS, list(getattr(job, "METRICS", ())),
+                           t.steps_per_execution, t.jit_compile)
     return model, target
 
 
@@ -75,6 +79,9 @@ def train_on(data: inputs.Inputs, spec: JobSpec, job: ModuleType, ctx: ProcessCo
         # Every rank reads the checkpoint (it lives on a shared filesystem), so all start equal.
         state = checkpoint.restore(spec.checkpoint_dir, model, model.optimizer, engine)
         history, start, best_weights = list(state.history), state.epoch, state.best_weights
+    # Every rank starts from rank 0's values (matters after a resume from one rank's files):
+    # once, here, rather than in a batch hook that would sync the host on every step.
+    engine.start_equal(model)
     t = spec.training
     watch = cb.OverfitWatch(history, t.patience, t.min_delta, t.early_stopping, best_weights)
     callbacks = callbacks_for(spec, ctx, tracker, watch, data.steps, data.per_step, target_lr,
@@ -161,8 +168,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
     t = spec.training
     preemptible = ctx.slurm.in_step  # SLURM may send the warning signal; locally nobody does
     chain = [
-        # Equal start weights, and metrics averaged over ranks so every later callback
-        # decides the same on every rank.
+        # Metrics averaged over ranks so every later callback decides the same on every rank.
         *ctx.engine.sync_callbacks(),
         cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps, ctx.engine),
         cb.EpochClock(samples_per_step, ctx.size),
@@ -176,7 +182,9 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         # After the metric averaging: a stop between batches never splits an allreduce.
         chain.append(guard)
     if ctx.is_chief:
-        chain.append(cb.Reporter(tracker, t.epochs, steps, spec.tracking.batch_metrics_every))
+        chain.append(cb.Reporter(tracker, t.epochs))
+        if spec.tracking.batch_metrics_every:
+            chain.append(cb.BatchLossReporter(tracker, steps, spec.tracking.batch_metrics_every))
         chain.append(cb.Checkpointer(
             ctx.engine, spec.checkpoint_dir, spec.checkpoint.every_epochs, t.epochs,
             lambda done: checkpoint.CheckpointState(

@@ -70,8 +70,14 @@ class TrainingSpec:
         "MultiWorkerMirroredStrategy)"))
     fp16_allreduce: bool = field(
         default=False, metadata=doc("send gradients as float16 (Horovod compression): half the bytes"))
-    mixed_precision: bool = field(
-        default=False, metadata=doc("Keras mixed_float16 policy: float16 compute, float32 weights"))
+    mixed_precision: bool = field(default=False, metadata=doc(
+        "Keras mixed_float16 policy: float16 compute, float32 weights; refused on Pascal GPUs "
+        "(compute capability < 7.0: GTX 1080 Ti, 1050 Ti), where float16 is far slower"))
+    steps_per_execution: int = field(default=1, metadata=doc(
+        "steps per call from the host (Keras): fewer dispatches and callback rounds; the rate "
+        "schedule and the preemption check act between calls; 1..1000"))
+    jit_compile: bool = field(default=False, metadata=doc(
+        "compile the training step with XLA (Keras jit_compile)"))
 
     def __post_init__(self):
         _require(1 <= self.epochs <= 100_000, "epochs", self.epochs, "use 1..100000")
@@ -90,11 +96,73 @@ class TrainingSpec:
         _require(0.1 <= self.gl_threshold <= 1000, "gl_threshold", self.gl_threshold,
                  "use 0.1..1000 (percent)")
         _require(self.engine in ENGINES, "engine", self.engine, "use one of " + ", ".join(ENGINES))
+        _require(1 <= self.steps_per_execution <= 1000, "steps_per_execution",
+                 self.steps_per_execution, "use 1..1000 steps per call")
         # MultiWorkerMirroredStrategy has no gradient compression to switch on.
         compressing = [name for name, e in ENGINES.items() if e.gradient_compression]
         _require(not self.fp16_allreduce or self.engine in compressing, "fp16_allreduce",
                  self.fp16_allreduce, f"only the {', '.join(compressing)} engine compresses "
                  f"gradients; use false with training.engine={self.engine}")
+
+
+NCCL_NAME = re.compile(r"NCCL_[A-Z0-9_]+")
+
+
+@dataclass(frozen=True)
+class CommunicationSpec:
+    """How gradients travel: Horovod's tuning knobs and NCCL's settings, exported to every rank
+    (and written into the batch script) before the engine starts."""
+
+    fusion_threshold_mb: float = field(default=0.0, metadata=doc(
+        "Horovod tensor fusion buffer, MB (HOROVOD_FUSION_THRESHOLD); 0: Horovod's default "
+        "(128 MB)"))
+    cycle_time_ms: float = field(default=0.0, metadata=doc(
+        "Horovod's wait between fusion cycles, ms (HOROVOD_CYCLE_TIME); 0: Horovod's default"))
+    autotune: bool = field(default=False, metadata=doc(
+        "let Horovod tune fusion and cycle time while training (HOROVOD_AUTOTUNE)"))
+    hierarchical_allreduce: bool = field(default=False, metadata=doc(
+        "reduce inside each node first, then across nodes (HOROVOD_HIERARCHICAL_ALLREDUCE)"))
+    backward_passes_per_step: int = field(default=1, metadata=doc(
+        "Horovod: accumulate this many steps' gradients locally between allreduces; 1..64"))
+    nccl: Any = field(default=None, metadata=doc(
+        "NCCL environment variables, e.g. {NCCL_SOCKET_IFNAME: ib0, NCCL_SOCKET_NTHREADS: 4}; "
+        "over the partition's"))
+
+    def __post_init__(self):
+        _require(0 <= self.fusion_threshold_mb <= 65536, "fusion_threshold_mb",
+                 self.fusion_threshold_mb, "use 0 (default)..65536 MB")
+        _require(0 <= self.cycle_time_ms <= 10_000, "cycle_time_ms", self.cycle_time_ms,
+                 "use 0 (default)..10000 ms")
+        _require(1 <= self.backward_passes_per_step <= 64, "backward_passes_per_step",
+                 self.backward_passes_per_step, "use 1..64")
+        nccl = self.nccl if self.nccl is not None else {}
+        _require(isinstance(nccl, Mapping), "nccl", self.nccl, "use a mapping NCCL_NAME: value")
+        for name, value in nccl.items():
+            _require(NCCL_NAME.fullmatch(str(name)) is not None, f"nccl.{name}", value,
+                     "names start with NCCL_ (capitals, digits, '_')")
+            _require(isinstance(value, (str, int, float)) and not isinstance(value, bool),
+                     f"nccl.{name}", value, "use a string or a number")
+
+    def horovod_set(self) -> list[str]:
+        """The Horovod-only knobs this spec changes from their defaults."""
+        defaults = CommunicationSpec()
+        return [name for name in ("fusion_threshold_mb", "cycle_time_ms", "autotune",
+                                  "hierarchical_allreduce", "backward_passes_per_step")
+                if getattr(self, name) != getattr(defaults, name)]
+
+    def environment(self) -> dict:
+        """The variables the ranks need: HOROVOD_* for the knobs set, and the NCCL ones."""
+        env = {}
+        if self.fusion_threshold_mb:
+            env["HOROVOD_FUSION_THRESHOLD"] = str(int(self.fusion_threshold_mb * 1024 * 1024))
+        if self.cycle_time_ms:
+            env["HOROVOD_CYCLE_TIME"] = f"{self.cycle_time_ms:g}"
+        if self.autotune:
+            env["HOROVOD_AUTOTUNE"] = "1"
+        if self.hierarchical_allreduce:
+            env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1"
+        env.update({str(k): str(v) for k, v in (self.nccl or {}).items()})
+        return env
 
 
 @dataclass(frozen=True)
@@ -177,6 +245,8 @@ class JobSpec:
     job: str = field(metadata=doc("the job script (path relative to the spec) or module"))
     data: Any = field(default=None, metadata=doc("the job's own data settings", nested="job"))
     training: TrainingSpec = field(default_factory=TrainingSpec, metadata=doc("optimisation"))
+    communication: CommunicationSpec = field(default_factory=CommunicationSpec,
+                                             metadata=doc("gradient communication settings"))
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata=doc("checkpoints"))
     resources: ResourcesSpec = field(default_factory=ResourcesSpec, metadata=doc("SLURM request"))
     tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata=doc("MLflow"))
@@ -186,6 +256,11 @@ class JobSpec:
     def __post_init__(self):
         _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", self.name or "") is not None,
                  "name", self.name, "use 1-100 letters, digits, '_', '-', '.' (no spaces)")
+        knobs = self.communication.horovod_set()
+        if knobs and self.training.engine != "horovod":
+            raise FieldError(f"communication.{knobs[0]}", getattr(self.communication, knobs[0]),
+                             "a Horovod setting; remove it or use training.engine=horovod "
+                             f"(not {self.training.engine})")
 
     @property
     def checkpoint_dir(self) -> Path:
