@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from harness.errors import UserError, exit_code_of
-from harness.engines import DEFAULT as DEFAULT_ENGINE, ENGINES, python_for
+from harness.engines import DEFAULT as DEFAULT_ENGINE, ENGINES, check_compiled_steps, python_for
 from harness.entrypoints import PROBE
 from harness.files import JOBS
 
@@ -32,8 +32,16 @@ def _spec_args(parser) -> None:
                         help="override a spec field, e.g. --set training.epochs=3 (repeatable)")
 
 
+def _profile_arg(parser) -> None:
+    parser.add_argument("--profile-steps", metavar="A:B", default=None,
+                        help="profile steps A..B (from 1, over the run) on rank 0: TensorFlow's "
+                        "profiler, Horovod's timeline and a step trace, as artifacts profile/ "
+                        "(overrides training.profile_steps)")
+
+
 def _slurm_args(parser) -> None:
     _spec_args(parser)
+    _profile_arg(parser)
     parser.add_argument("--nodes", type=int, help="overrides resources.nodes")
     parser.add_argument("--gpus-per-node", type=int, help="overrides resources.gpus_per_node")
     parser.add_argument("--partition", help="overrides resources.partition")
@@ -62,6 +70,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--np", type=int, default=None,
                    help="processes (default: one per local GPU, or 1 without a GPU)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    _profile_arg(p)
 
     p = verbs.add_parser("render", help="print the sbatch script for a spec")
     _slurm_args(p)
@@ -205,10 +214,12 @@ def cmd_run(args) -> int:
     from harness.spec.loader import load_spec
     from tracking.run import launch_uri
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides + profile_override(args))
     processes = args.np if args.np is not None else max(1, nvml.device_count())
     if not 1 <= processes <= 256:
         raise UserError(f"--np {processes}: use 1..256 processes")
+    t = spec.training
+    check_compiled_steps(t.engine, t.steps_per_execution, t.jit_compile, processes)
     state = checkpoint.plan_resume(spec.checkpoint_dir, args.resume)  # refuse to clobber, first
     uri = launch_uri(spec)  # exit 2 now when a required server is unreachable
     # The data once, before the processes start (they all read the cache), and before the run
@@ -220,11 +231,17 @@ def cmd_run(args) -> int:
 
 
 def resource_overrides(args) -> list[str]:
-    """--nodes/--gpus-per-node/--partition/--time as --set overrides, so the spec checks them."""
+    """--nodes/--gpus-per-node/--partition/--time (and --profile-steps) as --set overrides, so
+    the spec checks them."""
     pairs = [("nodes", args.nodes), ("gpus_per_node", args.gpus_per_node),
              ("partition", args.partition), ("time", args.time)]
     return [f"resources.{k}={yaml.safe_dump(v, default_style=chr(34)).strip() if isinstance(v, str) else v}"
-            for k, v in pairs if v is not None]
+            for k, v in pairs if v is not None] + profile_override(args)
+
+
+def profile_override(args) -> list[str]:
+    steps = getattr(args, "profile_steps", None)
+    return [] if steps is None else [f'training.profile_steps="{steps}"']
 
 
 def cmd_render(args) -> int:
@@ -245,6 +262,8 @@ def cmd_submit(args) -> int:
     from harness.spec.loader import load_spec
     from tracking.run import submission_facts
     spec = load_spec(args.spec, args.overrides + resource_overrides(args))
+    t, r = spec.training, spec.resources
+    check_compiled_steps(t.engine, t.steps_per_execution, t.jit_compile, r.nodes * r.gpus_per_node)
     extra = sbatch_options.parse_cli(args.sbatch)
     uri, estimate = submission_facts(spec)
     cluster = load_cluster(args.cluster)

@@ -43,6 +43,9 @@ class EngineInfo:
     mpi_extension: tuple = ()
     batch_env: dict = field(default_factory=dict)  # exported by the batch script before the step
     gradient_compression: bool = False  # training.fp16_allreduce
+    # training.steps_per_execution > 1 and training.jit_compile with more than one process
+    compiled_steps_multi_worker: bool = True
+    profile_env: dict = field(default_factory=dict)  # set before the engine starts, to profile
 
 
 ENGINES = {
@@ -54,13 +57,16 @@ ENGINES = {
         # Report stalls, and fail rather than hang when a rank is lost.
         batch_env={"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
                    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
-                   "HOROVOD_GLOO_TIMEOUT_SECONDS": "120"}),
+                   "HOROVOD_GLOO_TIMEOUT_SECONDS": "120"},
+        # The timeline can then be started and stopped mid-run (hvd.start_timeline).
+        profile_env={"HOROVOD_TIMELINE": "DYNAMIC"}),
     # Joins over gRPC (SlurmClusterResolver reads srun's variables): no MPI plugin;
     # --kill-on-bad-exit stops every worker when one fails, instead of leaving them blocked in a
     # collective with a dead peer.
     "tf": EngineInfo(
         "tf", ".venv-tf", "make setup ENGINE=tf", "harness.runtime.tf_engine:TfEngine",
         tensorflow=((2, 16), (99, 0)), local_join="tf_config", joins_over_mpi=False,
+        compiled_steps_multi_worker=False,
         srun=("srun", "--mpi=none", "--unbuffered", "--kill-on-bad-exit=1")),
 }
 DEFAULT = "horovod"
@@ -71,6 +77,18 @@ def info(engine: str) -> EngineInfo:
         return ENGINES[engine]
     except KeyError:
         raise UserError(f"training.engine={engine!r}: use one of {', '.join(ENGINES)}") from None
+
+
+def check_compiled_steps(engine: str, steps_per_execution: int, jit_compile: bool,
+                         processes: int) -> None:
+    """Refuse before anything starts what an engine cannot run on ``processes`` workers."""
+    if processes > 1 and (steps_per_execution > 1 or jit_compile) and \
+            not info(engine).compiled_steps_multi_worker:
+        raise UserError(
+            f"training.steps_per_execution={steps_per_execution}, training.jit_compile="
+            f"{str(jit_compile).lower()}: the {engine} engine cannot run them on {processes} "
+            "processes (Keras 3's multi-step loop and XLA fail under "
+            "MultiWorkerMirroredStrategy); use 1 and false, or training.engine=horovod")
 
 
 def _version(*dists: str) -> Optional[tuple[int, ...]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.runtime.hardware import MIXED_PRECISION_MIN_CC
 from slurm import options
 from slurm.preemption import DEFAULT_MAX_REQUEUES
 from harness.spec.loader import read_yaml
@@ -142,9 +143,6 @@ def _template(name, profile: Path) -> Path:
     known = ", ".join(sorted(p.name for p in TEMPLATES_DIR.glob("*.j2")))
     raise UserError(f"template={name!r}: no such file beside the profile or in {TEMPLATES_DIR} "
                     f"(there: {known})")
-
-
-MIXED_PRECISION_MIN_CC = (7, 0)  # Volta and later: tensor cores; Pascal runs float16 at 1/64
 
 
 def check_precision(training: TrainingSpec, name: str, part: Partition) -> None:

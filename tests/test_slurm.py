@@ -244,18 +244,24 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     """A two-rank job as a user submits it, reviewed first with `harness render`, preempted as
     SLURM preempts: a job in a higher-tier partition takes the node; the harness job gets
     SIGTERM (not the warning), has GraceTime to leave its last epoch on disk, SLURM requeues it,
-    and it resumes into the run created at submit, which ends FINISHED with every epoch once."""
+    and it resumes into the run created at submit, which ends FINISHED with every epoch once.
+    On Horovod the steps run 4 to a call (training.steps_per_execution): the job is held as
+    the call holding epoch 4's fifth step begins, the signal comes while it is held, and every
+    rank stops after that call, at the same batch."""
     # A copy of the job the user goes on editing while the job runs: the requeued job must still
     # run what was submitted, and say that the original changed.
     mine = workdir / "mine"
     mine.mkdir()
     for name in ("diabetes_mlp.py", "diabetes_mlp.yaml"):
         shutil.copy(DIABETES.parent / name, mine / name)
+    per_call = {"horovod": 4, "tf": 1}[engine]  # the tf engine runs one step a call on 2 workers
     job = [mine / "diabetes_mlp.yaml", "--partition", "debug", "--gpus-per-node", "2",
            "--set", f"data.csv={pima_csv}", "--set", "training.epochs=8",
            "--set", "checkpoint.every_epochs=100",  # only the stop itself checkpoints
+           "--set", f"training.steps_per_execution={per_call}",
            "--set", f"tracking.experiment=slurm-real-preempt-{engine}", *on_engine(engine)]
-    env = dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url, HARNESS_HOLD_AFTER_EPOCH="3")
+    # 606 training rows, 2 ranks, batch 10: 31 steps an epoch; step 98 is epoch 4's batch 4.
+    env = dict(slurm.env, MLFLOW_TRACKING_URI=mlflow_server.url, HARNESS_HOLD_AT_STEP="98")
     rendered = run_cli("render", *job, cwd=workdir, env=env)  # what a user reviews first
     assert rendered.returncode == 0, rendered.stderr
     done = run_cli("submit", *job, cwd=workdir, env=env)
@@ -265,7 +271,7 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     launch = {"horovod": "srun --mpi=pmix", "tf": "srun --mpi=none"}[engine]
     assert launch in script.read_text()
     assert rendered.stdout == script.read_text()  # what render shows is what submit queued
-    _wait_for_line(workdir, job_id, r"hold: after epoch 3")  # it waits there for SLURM
+    _wait_for_line(workdir, job_id, r"hold: at step 98")  # it waits there for SLURM
     (mine / "diabetes_mlp.yaml").write_text("name: broken\n")
     (mine / "diabetes_mlp.py").write_text("raise SystemExit('edited after submission')\n")
     urgent = slurm.cmd("sbatch", "--parsable", "--partition=urgent", f"--ntasks={os.cpu_count()}",
@@ -279,6 +285,9 @@ def test_a_real_preemption_requeues_and_resumes_with_every_epoch_once(slurm, wor
     interrupted, seconds, saved = int(stopped.group(1)), float(stopped.group(2)), int(stopped.group(3))
     assert saved == interrupted - 1 == 3 and seconds < 30  # within GraceTime, no finished epoch lost
     assert f"resuming at epoch {saved + 1}" in log
+    # Both ranks stopped after the held call, before the same batch.
+    stops = re.findall(r"rank (\d): stopped before batch (\d+) of epoch (\d+)", log)
+    assert sorted(stops) == [("0", str(4 + per_call), "4"), ("1", str(4 + per_call), "4")], stops
     assert f"note: {mine / 'diabetes_mlp.py'} changed" in log  # said, and the submitted copy ran
 
     assert "2 process(es)" in log and "weights identical on all 2 ranks" in log

@@ -31,9 +31,12 @@ from slurm import preemption
 
 class HostFree(tf.keras.callbacks.Callback):
     """A callback that never reads a step's logs in its batch hooks: Keras may hand them over as
-    tensors, without waiting for the step (Keras 2 reads ``_supports_tf_logs``)."""
+    tensors, without waiting for the step (Keras 2 reads ``_supports_tf_logs``, which its
+    ``Callback.__init__`` sets to False on the instance)."""
 
-    _supports_tf_logs = True
+    def __init__(self):
+        super().__init__()
+        self._supports_tf_logs = True
 
 
 class ScheduledRate(HostFree):
@@ -97,13 +100,15 @@ class EpochClock(HostFree):
     def on_epoch_end(self, epoch, logs=None):
         self._training_done()
         logs["time/epoch_s"] = time.perf_counter() - self.started
+        logs["time/train_s"] = self.train_s
         logs.update(self.meter.compute())
         self.epoch_ends.append(time.time())
 
     def _training_done(self) -> None:
         if not self.trained:
-            self.meter.update(time.perf_counter(), int(self.cumulative[-1]))
-            self.trained = True
+            now = time.perf_counter()
+            self.meter.update(now, int(self.cumulative[-1]))
+            self.train_s, self.trained = now - self.started, True
 
 
 INPUT_BOUND = 0.10  # the share of step time waiting for input above which the epoch line says so
@@ -111,8 +116,9 @@ INPUT_BOUND_MIN_S = 1.0  # ... when the epoch waited at least this long in all
 
 
 class InputWaitClock(HostFree):
-    """``time/data_wait_fraction``: the share of the epoch the steps spent waiting for their
-    batch, the largest over the ranks (every rank calls this, so the maximum is a collective)."""
+    """``time/data_wait_fraction``: the share of the epoch's training time the steps spent
+    waiting for their batch, the largest over the ranks (every rank calls this, so the maximum
+    is a collective)."""
 
     def __init__(self, wait, engine):
         super().__init__()
@@ -120,8 +126,11 @@ class InputWaitClock(HostFree):
         self.first_epoch = True
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.began, self.started = [], time.perf_counter()
+        self.began, self.started, self.ended = [], time.perf_counter(), None
         self.wait.delivered.clear()
+
+    def on_test_begin(self, logs=None):  # fit's validation pass: the epoch's training is over
+        self.ended = self.ended or time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
         self.began.append((batch, time.perf_counter()))
@@ -134,7 +143,7 @@ class InputWaitClock(HostFree):
         if self.first_epoch:  # the first step traces the graph: not waiting for data
             pairs, self.first_epoch = pairs[1:], False
         waited = sum(max(0.0, delivered - began) for began, delivered in pairs)
-        fraction = waited / max(time.perf_counter() - self.started, 1e-9)
+        fraction = waited / max((self.ended or time.perf_counter()) - self.started, 1e-9)
         logs["time/data_wait_fraction"] = float(self.engine.agree_max(np.array([fraction]))[0])
 
 
@@ -345,30 +354,37 @@ class PreemptionGuard(HostFree):
 
 
 HOLD_AFTER_EPOCH_ENV = "HARNESS_HOLD_AFTER_EPOCH"
+HOLD_AT_STEP_ENV = "HARNESS_HOLD_AT_STEP"
 HOLD_RELEASE_ENV = "HARNESS_HOLD_RELEASE"
 HOLD_MAX_S = 600.0
 
 
 class HoldPoint(HostFree):
-    """Holds every rank after epoch K (``HARNESS_HOLD_AFTER_EPOCH``; several: ``5,20``) until a
-    stop signal arrives or the file ``HARNESS_HOLD_RELEASE`` says so: a test that preempts,
-    cancels or cuts the tracking server acts at a point it controls instead of racing the job
-    to its end.  An empty release file releases every hold; one holding a number releases the
-    holds up to that epoch.  The line "hold: after epoch K" says the job is there.  Runs last,
-    after the epoch's line and checkpoint; the guard then agrees before the very next batch, so
-    the stop lands at the start of epoch K+1 on every rank.
+    """Holds every rank after epoch K (``HARNESS_HOLD_AFTER_EPOCH``; several: ``5,20``), or as the
+    step call holding step S begins (``HARNESS_HOLD_AT_STEP``, steps counted from 1 over the
+    run), until a stop signal arrives or the file ``HARNESS_HOLD_RELEASE`` says so: a test that
+    preempts, cancels or cuts the tracking server acts at a point it controls instead of racing
+    the job to its end.  An empty release file releases every hold; one holding a number releases
+    the epoch holds up to that epoch.  The line "hold: after epoch K" (or "hold: at step S") says
+    the job is there.  Runs last; the guard then agrees before the very next step call, so the
+    stop lands at the start of epoch K+1, or after the held call, on every rank.
     """
 
-    def __init__(self, epochs, release: str, guard: Optional[PreemptionGuard], chief: bool):
+    def __init__(self, epochs, release: str, guard: Optional[PreemptionGuard], chief: bool,
+                 steps=(), steps_per_epoch: int = 0):
         super().__init__()
         self.epochs = {epochs} if isinstance(epochs, int) else set(epochs)
         self.release, self.guard, self.chief = release, guard, chief
+        self.steps, self.steps_per_epoch, self.epoch = set(steps), steps_per_epoch, 0
 
     @classmethod
-    def from_env(cls, env, guard, chief: bool) -> Optional["HoldPoint"]:
-        values = [v for v in env.get(HOLD_AFTER_EPOCH_ENV, "").split(",") if v.strip().isdigit()]
-        return cls([int(v) for v in values], env.get(HOLD_RELEASE_ENV, ""), guard, chief) \
-            if values else None
+    def from_env(cls, env, guard, chief: bool, steps_per_epoch: int = 0) -> Optional["HoldPoint"]:
+        def numbers(name):
+            return [int(v) for v in env.get(name, "").split(",") if v.strip().isdigit()]
+        epochs, steps = numbers(HOLD_AFTER_EPOCH_ENV), numbers(HOLD_AT_STEP_ENV)
+        if not (epochs or steps):
+            return None
+        return cls(epochs, env.get(HOLD_RELEASE_ENV, ""), guard, chief, steps, steps_per_epoch)
 
     def released(self, epoch: int) -> bool:
         try:
@@ -377,15 +393,27 @@ class HoldPoint(HostFree):
             return False
         return text is not None and (not text.isdigit() or int(text) >= epoch)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self.epoch * self.steps_per_epoch + batch + 1
+        held = sorted(s for s in self.steps if s <= step)
+        if held:  # the call that holds step S begins here (or S falls inside it)
+            self.steps -= set(held)
+            self._hold(f"at step {held[0]}", self.epoch + 1)
+
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 not in self.epochs:
-            return
+        if epoch + 1 in self.epochs:
+            self._hold(f"after epoch {epoch + 1}", epoch + 1)
+
+    def _hold(self, where: str, epoch: int) -> None:
         if self.chief:
-            print(f"hold: after epoch {epoch + 1}, until a signal"
+            print(f"hold: {where}, until a signal"
                   + (f" or {self.release}" if self.release else ""), flush=True)
         deadline = time.monotonic() + HOLD_MAX_S
         while not (preemption.requested() or time.monotonic() > deadline
-                   or self.released(epoch + 1)):
+                   or self.released(epoch)):
             time.sleep(0.05)
         if self.guard is not None:
             self.guard.check_at_next_batch()

@@ -56,6 +56,9 @@ class Engine(Protocol):
         """A model rank 0 may use alone (predict, save) without waiting for the others."""
 
     # --- measurement
+    def start_timeline(self, path: str) -> None:
+        """The engine's own record of its collectives (Horovod's timeline), if it keeps one."""
+    def stop_timeline(self) -> None: ...
     def time_allreduce(self, nbytes: int, dtype: str) -> float: ...
     def build_info(self) -> dict:
         """How the engine was built (controllers, NCCL), for `harness probe`; {} if nothing."""

@@ -91,6 +91,13 @@ class HorovodEngine:
     def chief_model(self, model, job):
         return model
 
+    def start_timeline(self, path):
+        # Every rank calls it (HOROVOD_TIMELINE=DYNAMIC at start-up); the coordinator writes.
+        hvd_core.start_timeline(path, mark_cycles=True)
+
+    def stop_timeline(self):
+        hvd_core.stop_timeline()
+
     def time_allreduce(self, nbytes, dtype="float32"):
         tensor = tf.ones([max(1, nbytes // tf.as_dtype(dtype).size)], dtype=dtype)
         name = f"probe.{dtype}.{nbytes}"

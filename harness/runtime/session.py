@@ -6,6 +6,7 @@ import sys
 import time
 from types import ModuleType
 
+from harness import engines
 from harness.errors import RunFailed
 from harness.runtime import checkpoint, collectives, node_telemetry, overfitting, trainer
 from harness.runtime.distributed import init_process
@@ -24,6 +25,8 @@ def run_training(launch: Manifest, point: Point, job: ModuleType) -> int:
     spec = point.spec
     # Horovod reads its knobs and NCCL its settings when the engine starts: set them before.
     os.environ.update(spec.communication.environment())
+    if spec.training.profile_steps:
+        os.environ.update(engines.info(spec.training.engine).profile_env)
     ctx = init_process(spec.training.seed, spec.training.engine)
     state = checkpoint.plan_resume(spec.checkpoint_dir, launch.resume)
     if ctx.is_chief:

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from harness.errors import UserError
+from harness.engines import check_compiled_steps
 from harness.runtime.collectives import time_allreduce
 from slurm import preemption
 from harness.runtime.cluster_env import ClusterEnvironment
@@ -150,16 +150,11 @@ class TfEngine:
         return _OPTIMIZERS[name](rate)
 
     def compile(self, model, optimizer, loss, metrics, steps_per_execution, jit_compile):
-        if self.strategy.num_replicas_in_sync > 1 and (steps_per_execution > 1 or jit_compile):
-            # Measured with TensorFlow 2.21 / Keras 3.15 on 2 workers: several steps per call
-            # fail ("You must feed a value for placeholder tensor 'while/body/.../Placeholder'"
-            # in multi_step_on_iterator) and an XLA step aborts ("double free detected").
-            raise UserError(
-                f"training.steps_per_execution={steps_per_execution}, training.jit_compile="
-                f"{str(jit_compile).lower()}: the tf engine cannot run them on "
-                f"{self.strategy.num_replicas_in_sync} workers (Keras 3's multi-step loop and XLA "
-                "fail under MultiWorkerMirroredStrategy); use 1 and false, or training.engine="
-                "horovod")
+        # Measured with TensorFlow 2.21 / Keras 3.15 on 2 workers: several steps per call fail
+        # ("You must feed a value for placeholder tensor 'while/body/.../Placeholder'" in
+        # multi_step_on_iterator) and an XLA step aborts ("double free detected").
+        check_compiled_steps(self.name, steps_per_execution, jit_compile,
+                             self.strategy.num_replicas_in_sync)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                       steps_per_execution=steps_per_execution, jit_compile=jit_compile)
 
@@ -207,6 +202,12 @@ class TfEngine:
         copy.set_weights(model.get_weights())
         copy.compile(loss=job.LOSS, metrics=list(getattr(job, "METRICS", ())))
         return copy
+
+    def start_timeline(self, path):
+        pass  # the strategy's collectives show in TensorFlow's own trace
+
+    def stop_timeline(self):
+        pass
 
     def time_allreduce(self, nbytes, dtype="float32"):
         tensor = tf.ones([max(1, nbytes // tf.as_dtype(dtype).size)], dtype=dtype)

@@ -19,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 
 from harness.runtime import callbacks as cb
-from harness.runtime import checkpoint, overfitting
+from harness.runtime import checkpoint, hardware, overfitting, profiling, step_anatomy
 from slurm import preemption
 from harness.runtime import inputs
 from harness.runtime.distributed import ProcessContext, trainable_fingerprints
-from harness.errors import RunFailed
+from harness.errors import RunFailed, UserError
 from harness.runtime.lr import scaled_rate
 from harness.spec.schema import JobSpec
 
@@ -43,6 +43,7 @@ class Outcome:
 def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[tf.keras.Model, float]:
     t = spec.training
     if t.mixed_precision:
+        check_mixed_precision_pays(hardware.gpu_name(), hardware.compute_capability())
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # before the layers exist
     target = scaled_rate(t.learning_rate, t.lr_scaling, ctx.size)
     with ctx.engine.scope():  # the tf engine mirrors every variable created in here
@@ -54,6 +55,15 @@ def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[
         ctx.engine.compile(model, optimizer, job.LOSS, list(getattr(job, "METRICS", ())),
                            t.steps_per_execution, t.jit_compile)
     return model, target
+
+
+def check_mixed_precision_pays(gpu: str, capability: Optional[tuple]) -> None:
+    """On a GPU without tensor cores (Pascal: compute capability 6.x) float16 runs at a fraction
+    of float32's speed: refused, as ``harness submit`` refuses it for a Pascal partition."""
+    if capability is not None and tuple(capability) < hardware.MIXED_PRECISION_MIN_CC:
+        raise UserError(f"training.mixed_precision=true: this node's GPU ({gpu}, compute "
+                        f"capability {capability[0]}.{capability[1]}) has no tensor cores and runs "
+                        "float16 at a fraction of float32's speed; use false on it")
 
 
 def train(spec: JobSpec, job: ModuleType, ctx: ProcessContext, tracker,
@@ -86,7 +96,10 @@ def train_on(data: inputs.Inputs, spec: JobSpec, job: ModuleType, ctx: ProcessCo
     watch = cb.OverfitWatch(history, t.patience, t.min_delta, t.early_stopping, best_weights)
     callbacks = callbacks_for(spec, ctx, tracker, watch, data.steps, data.per_step, target_lr,
                               resumed=resume_state is not None, start=start, wait=data.wait,
-                              figures=validation_figures(job, data, ctx.engine))
+                              figures=validation_figures(job, data, ctx.engine),
+                              anatomy=step_anatomy.StepAnatomy(
+                                  job.LOSS, step_anatomy.first_batch(data.validation, t.batch_size),
+                                  data.steps, t.mixed_precision, t.jit_compile))
     validation = engine.distribute(data.validation)
     if start < t.epochs and not already_stopped(watch, model):
         try:
@@ -164,7 +177,8 @@ def leave_checkpoint(callbacks: list, ctx: ProcessContext) -> int:
 
 def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.OverfitWatch,
                   steps: int, samples_per_step: np.ndarray, target_lr: float,
-                  resumed: bool = False, start: int = 0, wait=None, figures=None) -> list:
+                  resumed: bool = False, start: int = 0, wait=None, figures=None,
+                  anatomy=None) -> list:
     t = spec.training
     preemptible = ctx.slurm.in_step  # SLURM may send the warning signal; locally nobody does
     chain = [
@@ -173,6 +187,7 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps, ctx.engine),
         cb.EpochClock(samples_per_step, ctx.size),
         *([cb.InputWaitClock(wait, ctx.engine)] if wait is not None else []),
+        *([anatomy] if anatomy is not None else []),  # reads the two clocks' figures
         # Before the watch, so the figures are in the history, the progress line and MLflow.
         *([figures] if figures is not None else []),
         watch,
@@ -192,7 +207,11 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
                 signature=checkpoint.model_signature(watch.model),
                 best_weights=watch.best_weights),
             saved_epoch=start if resumed else None, start_epoch=start, preemptible=preemptible))
-    hold = cb.HoldPoint.from_env(os.environ, guard, ctx.is_chief)  # tests: a point they control
+    if t.profiled_steps is not None:
+        chain.append(profiling.ProfileSteps(*t.profiled_steps, steps, t.steps_per_execution,
+                                            spec.checkpoint_dir.parent / "profile", ctx.is_chief,
+                                            ctx.engine, tracker if ctx.is_chief else None))
+    hold = cb.HoldPoint.from_env(os.environ, guard, ctx.is_chief, steps)  # tests: a point they control
     if hold is not None:
         chain.append(hold)
     return chain

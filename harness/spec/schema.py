@@ -78,6 +78,9 @@ class TrainingSpec:
         "schedule and the preemption check act between calls; 1..1000"))
     jit_compile: bool = field(default=False, metadata=doc(
         "compile the training step with XLA (Keras jit_compile)"))
+    profile_steps: str = field(default="", metadata=doc(
+        "A:B: profile steps A..B (counted from 1 over the run) on rank 0; artifacts profile/ "
+        "(also --profile-steps on run and submit); empty: off"))
 
     def __post_init__(self):
         _require(1 <= self.epochs <= 100_000, "epochs", self.epochs, "use 1..100000")
@@ -98,6 +101,18 @@ class TrainingSpec:
         _require(self.engine in ENGINES, "engine", self.engine, "use one of " + ", ".join(ENGINES))
         _require(1 <= self.steps_per_execution <= 1000, "steps_per_execution",
                  self.steps_per_execution, "use 1..1000 steps per call")
+        if self.profile_steps:
+            first, _, last = self.profile_steps.partition(":")
+            ok = first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) < int(first) + 1000
+            _require(ok, "profile_steps", self.profile_steps,
+                     "use A:B, steps counted from 1 over the run, A <= B, at most 1000 steps")
+
+    @property
+    def profiled_steps(self) -> tuple[int, int] | None:
+        if not self.profile_steps:
+            return None
+        first, _, last = self.profile_steps.partition(":")
+        return int(first), int(last)
         # MultiWorkerMirroredStrategy has no gradient compression to switch on.
         compressing = [name for name, e in ENGINES.items() if e.gradient_compression]
         _require(not self.fp16_allreduce or self.engine in compressing, "fp16_allreduce",
