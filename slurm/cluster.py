@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.runtime.hardware import MIXED_PRECISION_MIN_CC
 from slurm import options
 from slurm.preemption import DEFAULT_MAX_REQUEUES
 from harness.spec.loader import read_yaml
-from harness.spec.schema import (FieldError, ResourcesSpec, TrainingSpec, build, doc,
-                                 slurm_time_seconds)
+from harness.spec.schema import (MIXED_PRECISION_MIN_CC, FieldError, ResourcesSpec, TrainingSpec,
+                                 build, doc, slurm_time_seconds)
 
 CLUSTERS_DIR = Path(__file__).resolve().parent / "clusters"
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"

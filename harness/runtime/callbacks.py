@@ -378,10 +378,13 @@ class HoldPoint(HostFree):
         self.steps, self.steps_per_epoch, self.epoch = set(steps), steps_per_epoch, 0
 
     @classmethod
-    def from_env(cls, env, guard, chief: bool, steps_per_epoch: int = 0) -> Optional["HoldPoint"]:
+    def from_env(cls, env, guard, chief: bool, steps_per_epoch: int = 0,
+                 resumed: bool = False) -> Optional["HoldPoint"]:
         def numbers(name):
             return [int(v) for v in env.get(name, "").split(",") if v.strip().isdigit()]
-        epochs, steps = numbers(HOLD_AFTER_EPOCH_ENV), numbers(HOLD_AT_STEP_ENV)
+        # A resumed attempt starts in the epoch that was stopped: it would meet a step hold
+        # again, so only the first attempt holds at steps.
+        epochs, steps = numbers(HOLD_AFTER_EPOCH_ENV), [] if resumed else numbers(HOLD_AT_STEP_ENV)
         if not (epochs or steps):
             return None
         return cls(epochs, env.get(HOLD_RELEASE_ENV, ""), guard, chief, steps, steps_per_epoch)

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-MIXED_PRECISION_MIN_CC = (7, 0)  # Volta and later have tensor cores; Pascal runs float16 at 1/64
-
-
 @dataclass(frozen=True)
 class Peak:
     fp32_tflops: float  # FP32 on the CUDA cores

@@ -25,7 +25,7 @@ from harness.runtime import inputs
 from harness.runtime.distributed import ProcessContext, trainable_fingerprints
 from harness.errors import RunFailed, UserError
 from harness.runtime.lr import scaled_rate
-from harness.spec.schema import JobSpec
+from harness.spec.schema import MIXED_PRECISION_MIN_CC, JobSpec
 
 @dataclass
 class Outcome:
@@ -60,7 +60,7 @@ def compile_model(job: ModuleType, spec: JobSpec, ctx: ProcessContext) -> tuple[
 def check_mixed_precision_pays(gpu: str, capability: Optional[tuple]) -> None:
     """On a GPU without tensor cores (Pascal: compute capability 6.x) float16 runs at a fraction
     of float32's speed: refused, as ``harness submit`` refuses it for a Pascal partition."""
-    if capability is not None and tuple(capability) < hardware.MIXED_PRECISION_MIN_CC:
+    if capability is not None and tuple(capability) < MIXED_PRECISION_MIN_CC:
         raise UserError(f"training.mixed_precision=true: this node's GPU ({gpu}, compute "
                         f"capability {capability[0]}.{capability[1]}) has no tensor cores and runs "
                         "float16 at a fraction of float32's speed; use false on it")
@@ -211,7 +211,8 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
         chain.append(profiling.ProfileSteps(*t.profiled_steps, steps, t.steps_per_execution,
                                             spec.checkpoint_dir.parent / "profile", ctx.is_chief,
                                             ctx.engine, tracker if ctx.is_chief else None))
-    hold = cb.HoldPoint.from_env(os.environ, guard, ctx.is_chief, steps)  # tests: a point they control
+    # Tests: a point they control.
+    hold = cb.HoldPoint.from_env(os.environ, guard, ctx.is_chief, steps, resumed)
     if hold is not None:
         chain.append(hold)
     return chain

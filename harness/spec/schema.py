@@ -23,6 +23,7 @@ from harness.engines import DEFAULT as DEFAULT_ENGINE, ENGINES
 from harness.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
+MIXED_PRECISION_MIN_CC = (7, 0)  # tensor cores from Volta on; Pascal runs float16 at 1/64 rate
 LR_SCALINGS = ("linear", "sqrt", "none")
 
 
