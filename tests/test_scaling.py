@@ -79,6 +79,12 @@ def test_diagnosis_names_the_bottleneck():
     assert comm_model.diagnose(0.55, cheap_comm).startswith("input- or compute-bound")
     assert comm_model.diagnose(0.55, cheap_comm, gpu_util_mean=40).startswith("input-bound")
     assert comm_model.diagnose(0.95, cheap_comm).startswith("scales well")
+    # Mixed precision is suggested where the GPUs have tensor cores, and not for a network-bound
+    # step, which float16 compute would not speed up.
+    assert comm_model.diagnose(0.55, cheap_comm, mixed_precision_pays=True).endswith(
+        "training.mixed_precision: true would cut the compute")
+    assert "mixed_precision" not in comm_model.diagnose(0.55, cheap_comm)
+    assert "mixed_precision" not in comm_model.diagnose(0.38, comm_heavy, mixed_precision_pays=True)
 
 
 def test_hierarchical_allreduce_is_the_node_ring_plus_the_network_ring():

@@ -217,3 +217,16 @@ def test_a_profiled_compiled_run_on_two_ranks_leaves_traces_that_open(workdir, p
     assert 0 < metrics["throughput/mfu"] < 1
     assert metrics["throughput/flops_per_sec_per_gpu"] == pytest.approx(
         metrics["model/flops_per_sample"] * metrics["throughput/samples_per_sec_per_gpu"])
+
+
+def test_harness_scale_suggests_mixed_precision_only_on_a_partition_with_tensor_cores():
+    from harness.scaling.sweep import SweepPlan, mixed_precision_pays
+    from harness.spec.loader import load_spec
+
+    def pays(partition: str, local: bool = False, *sets: str) -> bool:
+        spec = load_spec(DIABETES, [f"resources.partition={partition}", *sets])
+        return mixed_precision_pays(SweepPlan(str(DIABETES), [], [1, 2], 3, local, "auto", "lars"), spec)
+    assert pays("rtx2080ti")  # Turing, 7.5
+    assert not pays("gtx1080ti") and not pays("gtx1050ti")  # Pascal, 6.1
+    assert not pays("rtx2080ti", True)  # a local sweep: this machine's devices, unknown
+    assert not pays("rtx2080ti", False, "training.mixed_precision=true")  # already on

@@ -123,11 +123,19 @@ def measured_floor(step_s: float, compute_s: float, allreduce_s: float) -> Optio
     return None if allreduce_s > 0.5 * beyond else beyond
 
 
-def diagnose(measured: float, predicted: Prediction, gpu_util_mean: float | None = None) -> str:
-    """Which resource the gap points at, in one line."""
+MIXED_PRECISION_HINT = ("; the GPUs have tensor cores: training.mixed_precision: true would cut "
+                        "the compute")
+
+
+def diagnose(measured: float, predicted: Prediction, gpu_util_mean: float | None = None,
+             mixed_precision_pays: bool = False) -> str:
+    """Which resource the gap points at, in one line.  Mixed precision is suggested only where
+    it pays (``mixed_precision_pays``: tensor cores, and not on already) and the step is the
+    GPUs' compute, not the network's or the input's."""
     comm_share = predicted.allreduce_s / predicted.step_serial_s
+    hint = MIXED_PRECISION_HINT if mixed_precision_pays else ""
     if measured >= 0.9:
-        return "scales well (efficiency >= 90%)"
+        return "scales well (efficiency >= 90%)" + hint
     explained = predicted.efficiency <= measured + 0.1  # the model loses as much as we measure
     if explained and comm_share >= 0.2:
         return (f"communication-bound: the allreduce is {comm_share:.0%} of the modelled step and "
@@ -142,4 +150,4 @@ def diagnose(measured: float, predicted: Prediction, gpu_util_mean: float | None
                     f"model's {predicted.efficiency:.0%}{util}: the GPUs wait for data")
     return (f"input- or compute-bound: efficiency {measured:.0%} is {where} the communication "
             f"model's {predicted.efficiency:.0%}, so the allreduce does not explain the gap{util} "
-            "(on a shared CPU the processes also compete for cores and memory bandwidth)")
+            "(on a shared CPU the processes also compete for cores and memory bandwidth)" + hint)

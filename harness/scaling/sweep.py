@@ -51,6 +51,20 @@ class SweepPlan:
     comm_floor_ms: float = 0.0  # the least a distributed step spends beyond its compute
 
 
+def mixed_precision_pays(plan: SweepPlan, spec: JobSpec) -> bool:
+    """Whether the sweep's GPUs would run mixed precision faster: not on already, and the
+    partition's compute capability is known and has tensor cores (never for a local sweep,
+    whose processes share this machine's CPU or GPUs of unknown kind)."""
+    if plan.local or spec.training.mixed_precision:
+        return False
+    from slurm.cluster import load_cluster
+    from harness.spec.schema import MIXED_PRECISION_MIN_CC
+    _, part = load_cluster(plan.cluster).partition(spec.resources.partition)
+    if not part.compute_capability:
+        return False
+    return tuple(map(int, part.compute_capability.split("."))) >= MIXED_PRECISION_MIN_CC
+
+
 def size_layouts(plan: SweepPlan, spec: JobSpec) -> dict:
     """Where each size runs: one machine locally; the partition's nodes as the plan lays them out."""
     if plan.local:
@@ -201,7 +215,7 @@ def rows_with_model(results: dict[int, SizeResult], batch: int, one_step_s: Opti
 
 
 def report(parent, spec: JobSpec, rows: list, predictions: dict,
-           results: dict[int, SizeResult]) -> None:
+           results: dict[int, SizeResult], mixed_precision_pays: bool = False) -> None:
     """The table and diagnosis on stdout; metrics (step = N), CSV and plots on the parent run."""
     from harness.group.results import publish
     from harness.scaling import report as scale_report
@@ -219,7 +233,7 @@ def report(parent, spec: JobSpec, rows: list, predictions: dict,
         print(f"N={row.processes}: step {p.compute_s * 1e3:.1f} ms compute + "
               f"{p.allreduce_s * 1e3:.1f} ms allreduce at "
               f"{results[row.processes].metrics['comm/busbw_GBps']:.3f} GB/s bus bandwidth; "
-              f"{comm_model.diagnose(row.efficiency, p, util)}", flush=True)
+              f"{comm_model.diagnose(row.efficiency, p, util, mixed_precision_pays)}", flush=True)
     for row in rows:
         parent.log_metrics(scale_metrics(row), step=row.processes)
     title = f"{spec.name}: scaling"
@@ -268,7 +282,7 @@ def sweep(plan: SweepPlan) -> int:
         results = {n: collect(client, children[n], n) for n in plan.sizes}
         rows, predictions = rows_with_model(results, spec.training.batch_size, plan.one_step_s,
                                             plan.comm_floor_ms / 1e3)
-        report(parent, spec, rows, predictions, results)
+        report(parent, spec, rows, predictions, results, mixed_precision_pays(plan, spec))
         if plan.predict:
             from harness.scaling import prediction_run
             prediction_run.after_sweep(plan, spec, parent, rows, results, layouts)
