@@ -43,6 +43,7 @@ class EngineInfo:
     mpi_extension: tuple = ()
     batch_env: dict = field(default_factory=dict)  # exported by the batch script before the step
     gradient_compression: bool = False  # training.fp16_allreduce
+    horovod_knobs: bool = False  # communication.fusion_threshold_mb and the other Horovod settings
     # training.steps_per_execution > 1 and training.jit_compile with more than one process
     compiled_steps_multi_worker: bool = True
     profile_env: dict = field(default_factory=dict)  # set before the engine starts, to profile
@@ -52,7 +53,7 @@ ENGINES = {
     "horovod": EngineInfo(
         "horovod", ".venv", "make setup", "harness.runtime.hvd_engine:HorovodEngine",
         tensorflow=((2, 0), (2, 16)), requires=("horovod",), local_join="horovodrun",
-        joins_over_mpi=True, gradient_compression=True,
+        joins_over_mpi=True, gradient_compression=True, horovod_knobs=True,
         mpi_extension=("horovod", "tensorflow/mpi_lib*.so"),
         # Report stalls, and fail rather than hang when a rank is lost.
         batch_env={"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",

@@ -273,10 +273,11 @@ class JobSpec:
         _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", self.name or "") is not None,
                  "name", self.name, "use 1-100 letters, digits, '_', '-', '.' (no spaces)")
         knobs = self.communication.horovod_set()
-        if knobs and self.training.engine != "horovod":
+        tunable = [name for name, e in ENGINES.items() if e.horovod_knobs]
+        if knobs and self.training.engine not in tunable:
             raise FieldError(f"communication.{knobs[0]}", getattr(self.communication, knobs[0]),
-                             "a Horovod setting; remove it or use training.engine=horovod "
-                             f"(not {self.training.engine})")
+                             f"a Horovod setting; remove it or use training.engine="
+                             f"{' or '.join(tunable)} (not {self.training.engine})")
 
     @property
     def checkpoint_dir(self) -> Path:
