@@ -61,7 +61,8 @@ def baseline(args, settings: list[str]) -> list[str]:
 def variants(args, settings: list[str]) -> dict:
     """Name -> command; the first is the numerator of the ratio."""
     if args.compare in ("plain", "horovod"):
-        return {"harness": harness(args, settings), f"{args.compare} Keras": baseline(args, settings)}
+        return {"harness": harness(args, settings, args.harness_set),
+                f"{args.compare} Keras": baseline(args, settings)}
     if args.compare == "spe":
         return {"steps_per_execution 8": harness(args, settings, ["training.steps_per_execution=8"]),
                 "steps_per_execution 1": harness(args, settings)}
@@ -102,6 +103,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--samples", type=int, default=60000, help="mnist: training images")
+    p.add_argument("--harness-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="plain/horovod: a spec setting for the harness only (to find a cost)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         settings = job_settings(args, Path(scratch))
