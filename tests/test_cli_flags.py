@@ -7,11 +7,11 @@ from harness.cli import build_parser
 
 EXPECTED = {
     "validate": {"spec", "--set"},
-    "run": {"spec", "--set", "--np", "--resume"},
+    "run": {"spec", "--set", "--np", "--resume", "--profile-steps"},
     "render": {"spec", "--set", "--nodes", "--gpus-per-node", "--partition", "--time", "--cluster",
-               "--sbatch"},
+               "--sbatch", "--profile-steps"},
     "submit": {"spec", "--set", "--nodes", "--gpus-per-node", "--partition", "--time", "--cluster",
-               "--sbatch", "--dry-run", "--resume"},
+               "--sbatch", "--dry-run", "--resume", "--profile-steps"},
     "sweep": {"spec", "--set", "--grid", "--random", "--range", "--seed", "--max-parallel",
               "--objective", "--local", "--np", "--dry-run", "--summarize", "--nodes", "--gpus-per-node",
               "--partition", "--time", "--cluster", "--sbatch"},

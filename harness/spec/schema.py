@@ -107,6 +107,11 @@ class TrainingSpec:
             ok = first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) < int(first) + 1000
             _require(ok, "profile_steps", self.profile_steps,
                      "use A:B, steps counted from 1 over the run, A <= B, at most 1000 steps")
+        # MultiWorkerMirroredStrategy has no gradient compression to switch on.
+        compressing = [name for name, e in ENGINES.items() if e.gradient_compression]
+        _require(not self.fp16_allreduce or self.engine in compressing, "fp16_allreduce",
+                 self.fp16_allreduce, f"only the {', '.join(compressing)} engine compresses "
+                 f"gradients; use false with training.engine={self.engine}")
 
     @property
     def profiled_steps(self) -> tuple[int, int] | None:
@@ -114,11 +119,6 @@ class TrainingSpec:
             return None
         first, _, last = self.profile_steps.partition(":")
         return int(first), int(last)
-        # MultiWorkerMirroredStrategy has no gradient compression to switch on.
-        compressing = [name for name, e in ENGINES.items() if e.gradient_compression]
-        _require(not self.fp16_allreduce or self.engine in compressing, "fp16_allreduce",
-                 self.fp16_allreduce, f"only the {', '.join(compressing)} engine compresses "
-                 f"gradients; use false with training.engine={self.engine}")
 
 
 NCCL_NAME = re.compile(r"NCCL_[A-Z0-9_]+")
