@@ -40,10 +40,15 @@ class StepAnatomy(HostFree):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.compute_s is None:  # after the first epoch: traced, compiled and warm
-            self._calibrate()
+            try:
+                self._calibrate()
+            except Exception as e:  # a figure about the run must never end the run
+                print(f"step anatomy: not measured on this model ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200] if str(e) else ''})", flush=True)
+                self.compute_s = 0.0
             logs.update(self.constants)
         train_s = logs.get("time/train_s")
-        if not train_s:
+        if not train_s or not self.compute_s:
             return
         waited = min(1.0, logs.get("time/data_wait_fraction", 0.0))
         compute = min(1.0 - waited, self.compute_s * self.steps / train_s)
@@ -69,7 +74,7 @@ class StepAnatomy(HostFree):
             _sync(step(x, y))
             times.append(time.perf_counter() - began)
         self.compute_s = statistics.median(times)
-        samples = int(x.shape[0])
+        samples = int(tf.nest.flatten(x)[0].shape[0])
         graph = step.get_concrete_function(x, y).graph
         self.constants["model/flops_per_sample"] = sum(hardware.step_flops(graph).values()) / samples
         name = hardware.gpu_name()
@@ -93,5 +98,14 @@ def _sync(tensors) -> None:
 def first_batch(dataset: tf.data.Dataset, batch_size: int):
     """One training-sized batch (the validation set's first, cut to the training batch)."""
     for x, y in dataset.take(1):
-        return x[:batch_size], y[:batch_size]
+        return tf.nest.map_structure(lambda t: t[:batch_size], (x, y))
     return None
+
+
+def for_run(job, data, training) -> Optional[StepAnatomy]:
+    """The callback for a run, timed on a batch of the rank's validation share (None when the
+    share is empty: nothing to time on)."""
+    batch = first_batch(data.validation, training.batch_size)
+    if batch is None:
+        return None
+    return StepAnatomy(job.LOSS, batch, data.steps, training.mixed_precision, training.jit_compile)

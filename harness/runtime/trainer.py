@@ -97,9 +97,7 @@ def train_on(data: inputs.Inputs, spec: JobSpec, job: ModuleType, ctx: ProcessCo
     callbacks = callbacks_for(spec, ctx, tracker, watch, data.steps, data.per_step, target_lr,
                               resumed=resume_state is not None, start=start, wait=data.wait,
                               figures=validation_figures(job, data, ctx.engine),
-                              anatomy=step_anatomy.StepAnatomy(
-                                  job.LOSS, step_anatomy.first_batch(data.validation, t.batch_size),
-                                  data.steps, t.mixed_precision, t.jit_compile))
+                              anatomy=step_anatomy.for_run(job, data, t))
     validation = engine.distribute(data.validation)
     if start < t.epochs and not already_stopped(watch, model):
         try:
