@@ -293,8 +293,8 @@ def cmd_sweep(args) -> int:
 
 def cmd_status(args) -> int:
     from slurm.status import show
-    from tracking.summary import job_progress, run_progress
-    return show(args.job_id, job_progress, point_progress=run_progress)
+    from tracking.summary import job_link, job_progress, run_progress
+    return show(args.job_id, job_progress, point_progress=run_progress, link=job_link)
 
 
 def cmd_scale(args) -> int:

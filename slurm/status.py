@@ -143,10 +143,12 @@ def _job_order(job_id: str) -> int:
 
 def show(job_id: Optional[str], progress: Callable[[dict, str], str],
          log_root: Path = Path("runs"),
-         point_progress: Optional[Callable[[str, str, object], str]] = None) -> int:
+         point_progress: Optional[Callable[[str, str, object], str]] = None,
+         link: Optional[Callable[[dict, str], str]] = None) -> int:
     """One line per job; ``progress(record, job_id)`` says how far its training is (from MLflow).
     A sweep is one line with its points' states counted; asked for by its id, one line per
-    point, whose progress ``point_progress(tracking uri, run id, epochs)`` reads."""
+    point, whose progress ``point_progress(tracking uri, run id, epochs)`` reads; asked for by
+    id, ``link(record, job id)`` gives the run's (the sweep's parent's) page in the MLflow UI."""
     if shutil.which("squeue") is None:
         raise UserError("squeue: not found; `harness status` runs where SLURM's commands are")
     records = job_records(log_root)
@@ -164,6 +166,7 @@ def show(job_id: Optional[str], progress: Callable[[dict, str], str],
     for jid in ids:
         if jid in sweeps:
             show_sweep(jid, records[jid], detail=bool(job_id), point_progress=point_progress)
+            _print_link(link, records[jid], jid, bool(job_id))
             continue
         rec = records.get(jid, {})
         live = queued.get(jid)
@@ -175,7 +178,14 @@ def show(job_id: Optional[str], progress: Callable[[dict, str], str],
         print(f"{jid:>8}  {name:<20} {state:<24} {progress_line}")
         if rec and job_id:
             print(f"{'':>8}  logs {rec['log_dir']}/{name}-{jid}.out")
+        _print_link(link, rec, jid, bool(rec and job_id))
     return 0
+
+
+def _print_link(link, rec: dict, jid: str, wanted: bool) -> None:
+    url = link(rec, jid) if link and wanted else ""
+    if url:
+        print(f"{'':>8}  view {url}")
 
 
 def show_sweep(jid: str, rec: dict, detail: bool, point_progress=None) -> None:

@@ -1,7 +1,9 @@
-"""The MLflow UI, in a real headless Chromium, shows the run's loss and val_loss charts."""
+"""The MLflow UI, in a real headless Chromium: the run's loss and val_loss charts, and the links
+the harness prints open the Model training view in a browser that has never opened MLflow."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -55,3 +57,34 @@ def test_ui_shows_the_runs_loss_curves(workdir, pima_csv, mlflow_server, tmp_pat
     _browse(chromium, url, profile, f"--screenshot={shot}", height=1000)
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+    # The link the run printed, and the one `harness report` prints, each in a fresh profile.
+    printed = re.search(r"tracking: MLflow run (\w+): (\S+)", result.stdout)
+    assert printed and printed.group(1) == run.info.run_id, result.stdout[-2000:]
+    report = run_cli("report", run.info.run_id, cwd=workdir, env=env)
+    reported = re.search(r"^view: (\S+)$", report.stdout, re.M)
+    assert reported and reported.group(1) == printed.group(2), report.stdout[-1000:]
+    dom = _dom_with(chromium, printed.group(2), tmp_path_factory.mktemp("fresh-profile"),
+                    [run.info.run_name] + list(MODEL_TRAINING_VIEW))
+    assert_model_training_view(dom)
+
+
+# The UI's navigation in each view (MLflow 3.17): Model training lists the model registry,
+# GenAI lists judges, prompts and agent versions instead.
+MODEL_TRAINING_VIEW = ("Model registry",)
+GENAI_VIEW = ("Judges", "Agent versions", "Prompts &amp; versions")
+
+
+def _dom_with(chromium, url, profile, words, attempts=3) -> str:
+    for attempt in range(attempts):  # a cold server answers the UI's first requests slowly
+        dom = _browse(chromium, url, profile, "--dump-dom", height=2000).stdout
+        if all(word in dom for word in words):
+            break
+        time.sleep(3)
+    return dom
+
+
+def assert_model_training_view(dom: str) -> None:
+    missing = [w for w in MODEL_TRAINING_VIEW if w not in dom]
+    genai = [w for w in GENAI_VIEW if w in dom]
+    assert not missing and not genai, f"not the Model training view: {missing} missing, {genai} shown"

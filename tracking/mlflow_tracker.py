@@ -29,6 +29,10 @@ FLUSH_EVERY_S = 5.0  # a send costs CPU on the training node: batch five seconds
 FINAL_FLUSH_S = 30.0
 QUICK_TIMEOUT_S = 10.0  # one try of the sender's (or the reachability check's) request
 
+# MLflow prints its own "View run ... at" line when a run ends: a link that opens the UI's GenAI
+# view.  The harness prints its own links (tracking/links.py), which open Model training.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 
 def _rest_store(client: MlflowClient) -> Optional[RestStore]:
     """The client's REST store; None for a local SQLite store, where nothing can time out."""
@@ -203,9 +207,17 @@ class MlflowTracker:
         self.already_logged = already_logged or {}
         self.sender = MetricSender(client, run_id, fallback, uri)
         self.sender.start()
-        self.location = f"MLflow run {run_id} at {uri}"
+        self._location = ""
         self.finished = False
         self.closed = False
+
+    @property
+    def location(self) -> str:
+        """``MLflow run ID: LINK`` for the closing lines (asked once, then remembered)."""
+        if not self._location:
+            from tracking.links import run_line
+            self._location = run_line(self.client, self.uri, self.run_id)
+        return self._location
 
     def log_params(self, params: Mapping) -> None:
         existing = self.client.get_run(self.run_id).data.params

@@ -62,6 +62,11 @@ class RunStore:
         """MLflow's Run: ``.info.status``, ``.data.metrics``, ``.data.params``, ``.data.tags``."""
         return self.client.get_run(run_id)
 
+    def link(self, run_id: str) -> str:
+        """The run's page in the UI's Model training view (tracking/links.py)."""
+        from tracking.links import link_to_run
+        return link_to_run(self.client, self.uri, run_id)
+
     def get_metric_history(self, run_id: str, key: str) -> list:
         return self.client.get_metric_history(run_id, key)
 

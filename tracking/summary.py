@@ -53,6 +53,9 @@ def print_report(run_id: str) -> int:
         print(f"GPUs: {tags['telemetry.gpus']}")
         for flag in filter(None, tags.get("telemetry.flags", "").split(" | ")):
             print(f"flag: {flag}")
+    from tracking.links import open_hint, run_link
+    uri = tracking_uri()
+    print(f"view: {run_link(uri, run.info.experiment_id, run_id)}{open_hint(uri)}")
     return 0
 
 
@@ -84,19 +87,42 @@ def print_evaluation_tables(client, run_id: str) -> None:
 SHOWN_METRICS = ("loss", "val_loss", "generalization_gap", "val_accuracy")
 
 
+def _job_runs(rec: dict, job_id: str) -> tuple:
+    """(client, [the job's run]) from the tracking URI its record names."""
+    from tracking.mlflow_tracker import MlflowClient
+    client = MlflowClient(rec["tracking_uri"])
+    experiment = client.get_experiment_by_name(rec["experiment"])
+    return client, [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], f"tags.`slurm.job_id` = '{job_id}'", max_results=1)
+
+
 def job_progress(rec: dict, job_id: str) -> str:
     """'epoch 7/20 loss 0.41 ...' from the job's MLflow run, or why it is not there."""
     try:
-        from tracking.mlflow_tracker import MlflowClient
-        client = MlflowClient(rec["tracking_uri"])
-        experiment = client.get_experiment_by_name(rec["experiment"])
-        runs = [] if experiment is None else client.search_runs(
-            [experiment.experiment_id], f"tags.`slurm.job_id` = '{job_id}'", max_results=1)
+        client, runs = _job_runs(rec, job_id)
     except Exception as e:
         return f"mlflow unreachable ({type(e).__name__})"
     if not runs:
         return "no MLflow run yet"
     return _progress(client, runs[0], rec.get("epochs", "?"))
+
+
+def job_link(rec: dict, job_id: str) -> str:
+    """The job's run (or, for a sweep, its parent run) in the MLflow UI; "" when unknown."""
+    from tracking.links import run_link, open_hint
+    uri = rec.get("tracking_uri", "")
+    try:
+        if rec.get("kind") == "sweep":
+            from pathlib import Path
+            from harness.spec import sweep_points
+            from tracking.mlflow_tracker import MlflowClient
+            parent = sweep_points.read(Path(rec["points_file"]))["parent_run_id"]
+            runs = [MlflowClient(uri).get_run(parent)]
+        else:
+            runs = _job_runs(rec, job_id)[1]
+    except Exception:
+        return ""
+    return f"{run_link(uri, runs[0].info.experiment_id, runs[0].info.run_id)}{open_hint(uri)}" if runs else ""
 
 
 def run_progress(uri: str, run_id: str, epochs) -> str:

@@ -60,16 +60,24 @@ def objective_png(key: str, rows: Sequence[Mapping], path: Path, title: str, log
 
 
 def html_page(title: str, lines: Sequence[str], rows: Sequence[Mapping], columns: Sequence[str],
-              images: Sequence[Path], best_index: Optional[int]) -> str:
-    """The table with the best row bold and failed rows shaded, the figures inline."""
+              images: Sequence[Path], best_index: Optional[int],
+              links: Mapping[str, str] = {}) -> str:
+    """The table with the best row bold and failed rows shaded, the figures inline; ``links``
+    (run id -> UI link, the sweep's parent under "parent") make each point's name a link."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+
+    def cell(row, column):
+        text, link = _fmt(row.get(column)), links.get(row.get("run_id", ""))
+        return f'<a href="{html.escape(link)}">{text}</a>' if column == "name" and link else text
     body = "".join(
         f'<tr class="{"best" if r.get("point") == best_index else r.get("status", "").lower()}">'
-        + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+        + "".join(f"<td>{cell(r, c)}</td>" for c in columns) + "</tr>" for r in rows)
     figures = "".join(
         f'<p><img alt="{html.escape(p.name)}" src="data:image/png;base64,'
         f'{base64.b64encode(Path(p).read_bytes()).decode()}"></p>' for p in images)
     notes = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    if "parent" in links:
+        notes += f'<li><a href="{html.escape(links["parent"])}">the sweep in MLflow</a></li>'
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} tr.best{{font-weight:bold}}

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Protocol, runtime_checkable
 @runtime_checkable
 class Tracker(Protocol):
     run_id: Optional[str]
-    location: str  # "MLflow run <id> at <uri>", for the closing lines; "" when nothing is recorded
+    location: str  # "MLflow run <id>: <UI link>", for the closing lines; "" when nothing is recorded
 
     def log_params(self, params: Mapping) -> None:
         """Parameters; ones the run already has are left as they are (a resumed run)."""

@@ -275,7 +275,7 @@ def sweep(plan: SweepPlan) -> int:
                                    for i, n in enumerate(plan.sizes)])
     children = {n: by_index[i] for i, n in enumerate(plan.sizes)}
     print(f"scale: sweep {sweep_id}: sizes {plan.sizes}, {plan.repeats} timing windows each "
-          f"after {WARMUP_EPOCHS} warm-up epoch; parent run {parent.run_id} at {uri}", flush=True)
+          f"after {WARMUP_EPOCHS} warm-up epoch; parent {parent.location}", flush=True)
     try:
         client = RunStore(uri)  # reads the children's results back
         run_sizes(plan, spec, sweep_id, parent.run_id, children, layouts)

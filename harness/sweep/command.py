@@ -61,7 +61,7 @@ def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
     launch = planning.write_launch(plan, children, parent.run_id, tracking_uri(), "local",
                                    req.processes)
     points_file = plan.folder / "points.json"
-    print(f"sweep: parent run {parent.run_id} at {tracking_uri()}; launch {launch.path}", flush=True)
+    print(f"sweep: parent {parent.location}; launch {launch.path}", flush=True)
     from harness.runtime.prepare import prepare_launch
     prepare_launch(launch)  # once per data section: points side by side would all fill one cache
     try:
@@ -101,7 +101,8 @@ def submit_array(req: SweepRequest, plan: planning.Plan) -> int:
           f"summary job {summary_id or 'not queued'} runs when they have ended")
     print(f"points:   {points_file}")
     print(f"logs:     {cluster.slurm_log_dir(plan)}/{plan.base.name}-{array_id}_<point>.out")
-    print(f"mlflow:   {uri}, experiment {plan.base.experiment!r}, parent run {parent.run_id}")
+    print(f"mlflow:   {uri}, experiment {plan.base.experiment!r}")
+    print(f"parent:   {parent.location}")
     print(f"follow:   harness status {array_id}")
     print(f"results:  harness sweep --summarize {plan.sweep_id} (any time)")
     return 0

@@ -85,7 +85,8 @@ def summarize(sweep: str, final: Optional[bool] = None) -> int:
     if final if final is not None else done:
         status = "FINISHED" if any(r["status"] == "FINISHED" for r in rows) else "FAILED"
         client.set_terminated(record["parent_run_id"], status)
-        print(f"sweep {record['sweep_id']}: parent run {record['parent_run_id']} {status}", flush=True)
+        print(f"sweep {record['sweep_id']}: parent run {record['parent_run_id']} {status}: "
+              f"{client.link(record['parent_run_id'])}", flush=True)
     return 0
 
 
@@ -186,6 +187,18 @@ def text_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def ui_links(client, record: dict, rows: list) -> dict:
+    """Each point's run and the parent in the MLflow UI (Model training view)."""
+    from tracking import links
+    uri, parent = record["tracking_uri"], record["parent_run_id"]
+    try:
+        experiment = client.get_run(parent).info.experiment_id
+    except Exception:  # links are a convenience: the table stands without them
+        return {}
+    found = {r["run_id"]: links.run_link(uri, experiment, r["run_id"]) for r in rows if r.get("run_id")}
+    return {**found, "parent": links.run_link(uri, experiment, parent)}
+
+
 def log_results(client, record: dict, rows: list, best: Optional[dict], lines: list) -> None:
     """The table, the figures and the best point onto the parent run (replacing earlier ones)."""
     from tracking import sweep_report
@@ -208,7 +221,8 @@ def log_results(client, record: dict, rows: list, best: Optional[dict], lines: l
                 f"{record['name']}: {objective.metric} vs {key}",
                 key in log_x or _spans_decades(rows, key), best_point, objective))
         page = folder / "results.html"
-        page.write_text(sweep_report.html_page(title, lines, table_rows, cols, images, best_point))
+        page.write_text(sweep_report.html_page(title, lines, table_rows, cols, images, best_point,
+                                               ui_links(client, record, rows)))
         return [page, *images]
     publish(record["tracking_uri"], parent, table_rows, cols, "results.csv", figures, "sweep")
     mark_best(client, record, rows, best)
