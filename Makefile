@@ -9,9 +9,10 @@ setup:
 demo: setup
 	@.venv/bin/harness run jobs/lensfinder_cnn.yaml --np 2
 
-# The suite runs the engine-specific tests on both engines: it needs both environments.
+# The suite runs the engine-specific tests on both engines: it needs both environments, and
+# PostgreSQL for the lab tracking server's tests.
 test: setup
-	@ENGINE=tf bash scripts/setup.sh
+	@ENGINE=tf WITH_POSTGRES=1 bash scripts/setup.sh
 	@bash scripts/test.sh
 
 clean:

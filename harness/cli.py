@@ -57,6 +57,14 @@ def _sbatch_arg(parser) -> None:
                         "--sbatch exclusive (repeatable; checked against sbatch's options)")
 
 
+def _store_args(p) -> None:
+    p.add_argument("--store", default=None, metavar="{sqlite,postgres}",
+                   help="the tracking home's own store: sqlite (default) or postgres (initialised "
+                   "and started under the home)")
+    p.add_argument("--backend", default=None, help="another store: sqlite:///PATH or "
+                   "postgresql://USER@HOST/DB")
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="harness", description="Data-parallel Keras training on "
                            "Horovod, tracked in MLflow, on a workstation or a SLURM cluster.")
@@ -166,7 +174,9 @@ def build_parser() -> OneLineParser:
     p = verbs.add_parser("tracking", help="the MLflow tracking server")
     sub = p.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
     serve = sub.add_parser("serve", help="start mlflow server with cluster defaults")
-    serve.add_argument("--backend", default=None, help="sqlite:///PATH or postgresql://...")
+    _store_args(serve)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="server processes (default 1 on SQLite, 4 on PostgreSQL)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5000)
     serve.add_argument("--artifacts", default=None, help="artifact directory")
@@ -174,8 +184,23 @@ def build_parser() -> OneLineParser:
     serve.add_argument("--allow-host", dest="aliases", action="append", default=[], metavar="NAME",
                        help="another name clients use for this machine (a DNS alias, an SSH "
                        "tunnel's name); its own names and addresses are allowed already")
-    imp = sub.add_parser("import", help="send a fallback file's metrics to MLflow")
-    imp.add_argument("file")
+    imp = sub.add_parser("import", help="a fallback file's metrics into MLflow, or an SQLite "
+                         "store into PostgreSQL")
+    imp.add_argument("file", help="mlflow-fallback-*.jsonl (into MLFLOW_TRACKING_URI), or an "
+                     "SQLite store (mlflow.db: into --store postgres or --backend URI)")
+    _store_args(imp)
+    back = sub.add_parser("backup", help="copy the store and its artifacts while the server runs")
+    back.add_argument("dest", help="a new folder")
+    _store_args(back)
+    back.add_argument("--artifacts", default=None, help="artifact directory (default: the home's)")
+    rest = sub.add_parser("restore", help="a backup into an empty store")
+    rest.add_argument("src", help="the folder harness tracking backup wrote")
+    _store_args(rest)
+    rest.add_argument("--artifacts", default=None, help="artifact directory (default: the home's)")
+    user = sub.add_parser("add-user", help="create a user on the --auth server (administrator)")
+    user.add_argument("username")
+    user.add_argument("--url", default="http://127.0.0.1:5000",
+                      help="the server (default http://127.0.0.1:5000)")
 
     p = verbs.add_parser("data", help="shard folders: pack a data set, inspect one")
     sub = p.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
@@ -352,16 +377,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_tracking(args) -> int:
-    if args.action == "serve":
-        from tracking.server import serve
-        return serve(args.backend, args.host, args.port, args.artifacts, args.auth, args.aliases)
-    from tracking.runs import import_fallback_file
-    path = Path(args.file)
-    if not path.is_file():
-        raise UserError(f"{path}: fallback file not found")
-    sent, uri = import_fallback_file(path)
-    print(f"imported {sent} metric values into {uri}")
-    return 0
+    from tracking import commands
+    return commands.run(args)
 
 
 def cmd_data(args) -> int:

@@ -2,6 +2,8 @@
 # One-command, idempotent set-up of one engine's environment.
 #   ENGINE=horovod (default): OS packages (OpenMPI), .venv, TensorFlow 2.15, the harness, Horovod.
 #   ENGINE=tf:                .venv-tf, TensorFlow 2.21 with Keras 3, the harness; no MPI.
+#   WITH_POSTGRES=1:          also Debian's PostgreSQL server, for the lab's tracking server
+#                             (harness tracking serve --store postgres).
 # Every step says what it does; a step whose result is already there is skipped.
 set -euo pipefail
 
@@ -119,6 +121,23 @@ check_tf_engine() {
     TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" -c 'import tensorflow as tf, keras; print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")'
 }
 
+ensure_postgres() {
+    # The lab's tracking store.  Its programs live in Debian's versioned folder, off PATH.
+    if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        step "PostgreSQL: present ($(ls -d /usr/lib/postgresql/*/ 2>/dev/null | head -1))"
+        return
+    fi
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        step "PostgreSQL: installing Debian's postgresql with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        # Debian starts a cluster of its own; the harness runs its own under the tracking home.
+        command -v systemctl >/dev/null 2>&1 && systemctl disable --now postgresql >/dev/null 2>&1 || true
+    else
+        die "WITH_POSTGRES=1: PostgreSQL is not installed; sudo apt-get install postgresql (or your distribution's postgresql server package), then rerun"
+    fi
+}
+
 mlflow_store_template() {
     # A new local tracking store is a copy of this instead of MLflow's schema migrations (4 s).
     step "MLflow: the empty SQLite store template, in the harness's cache folder"
@@ -139,6 +158,7 @@ main() {
         check_horovod_build
         mlflow_store_template
     fi
+    if [ -n "${WITH_POSTGRES:-}" ]; then ensure_postgres; fi
     step "set-up complete ($ENGINE engine): $VENV/bin/harness"
 }
 

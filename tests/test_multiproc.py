@@ -2,6 +2,7 @@
 -np 2) and TensorFlow's MultiWorkerMirroredStrategy (two workers joined by TF_CONFIG)."""
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import signal
@@ -86,6 +87,12 @@ def test_diabetes_two_processes_and_resume_is_one_complete_run(workdir, pima_csv
             "telemetry_timeline.png"} <= artifacts
     html = Path(client.download_artifacts(run.info.run_id, "report.html", str(workdir))).read_text()
     assert "Overfitting verdict" in html and "data:image/png;base64," in html
+    # Every telemetry sample of the node, whatever the store keeps (harness/telemetry/retention.py).
+    [archive] = [a.path for a in client.list_artifacts(run.info.run_id, "telemetry")][-1:]
+    with gzip.open(client.download_artifacts(run.info.run_id, archive, str(workdir)), "rt") as f:
+        samples = f.read().splitlines()
+    assert samples[0] == "time_s,metric,value"
+    assert any(f",system/{host}/cpu_utilization_percentage," in line for line in samples)
 
 
 def test_mnist_streamed_from_shards_staged_on_the_node_on_two_ranks(workdir, mnist_npz, engine):

@@ -165,9 +165,24 @@ def write_fallback(path: Path, run_id: str, metrics: list) -> None:
         os.fsync(f.fileno())
 
 
-def import_fallback(path: Path, client: MlflowClient) -> int:
+def read_fallback(path: Path) -> list[dict]:
+    """A fallback file's rows; ValueError naming the first line that is not one."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            row = {}
+        if row is not None and not {"run_id", "key", "value", "timestamp", "step"} <= set(row):
+            raise ValueError(f"line {number} is not a metric row of a fallback file")
+        if row:
+            rows.append(row)
+    return rows
+
+
+def import_fallback(path: Path, client: MlflowClient, rows: Optional[list] = None) -> int:
     """Send a fallback file's metrics to MLflow, skipping (key, step) pairs already there."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = read_fallback(path) if rows is None else rows
     sent = 0
     for run_id in sorted({r["run_id"] for r in rows}):
         present = logged_steps(client, run_id)
@@ -238,9 +253,11 @@ class MlflowTracker:
                 continue  # logged before a crash or preemption: each step appears once
             self.sender.queue.put(Metric(key, float(value), now, step))
 
-    def log_system_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Telemetry samples: same sender, no exactly-once filter (steps are seconds, unique)."""
-        now = int(time.time() * 1000)
+    def log_system_metrics(self, metrics: Mapping[str, float], step: int,
+                           timestamp_s: Optional[float] = None) -> None:
+        """Telemetry samples: same sender, no exactly-once filter (steps are seconds, unique);
+        stamped with the sample's own time (a window's mean: the window's end)."""
+        now = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
         for key, value in metrics.items():
             self.sender.queue.put(Metric(key, float(value), now, step))
 

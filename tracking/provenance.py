@@ -48,7 +48,12 @@ def host() -> str:
 
 
 def user() -> str:
-    """Who ran it: the login name (SLURM runs jobs as their owner)."""
+    """Who ran it: the tracking server's user where it asks for one, else the login name
+    (SLURM runs jobs as their owner)."""
+    from tracking.auth import tracking_user
+    known = tracking_user()
+    if known:
+        return known
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry

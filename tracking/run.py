@@ -36,12 +36,18 @@ def check_reachable(spec: JobSpec) -> bool:
     uri = tracking_uri()
     if not spec.tracking.enabled or not uri.startswith(("http://", "https://")):
         return True
+    from tracking.auth import check_credentials_file
     from tracking.mlflow_tracker import MlflowClient, ping
+    check_credentials_file()
     try:
         ping(MlflowClient(uri))
         return True
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        if "401" in first or "Unauthorized" in first or "403" in first:
+            raise UserError(f"MLFLOW_TRACKING_URI={uri}: the tracking server refused this user "
+                            f"({first}); put your user name and password in ~/.mlflow/credentials "
+                            "(mode 600; README: Tracking for a lab)") from None
         if spec.tracking.required:
             raise UserError(f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({first}); "
                             "start it (harness tracking serve), fix the URI, or set "
@@ -143,9 +149,17 @@ def create_job_run(spec: JobSpec, kind: str = "LOCAL", status: str = "RUNNING",
     store_template.seed(tracking_uri())  # a new local store: a copy, not MLflow's migrations
     client = MlflowClient(tracking_uri())
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or spec.experiment
-    run_id = create_run(client, name, spec.name, {"harness.job": spec.job,
-                                                  **source_tags(spec.spec_path, kind), **dict(tags)},
-                        parent_run_id)
+    try:
+        run_id = create_run(client, name, spec.name,
+                            {"harness.job": spec.job, **source_tags(spec.spec_path, kind),
+                             **dict(tags)}, parent_run_id)
+    except Exception as e:
+        if "PERMISSION_DENIED" not in str(getattr(e, "error_code", "")) + str(e)[:300]:
+            raise
+        from tracking.auth import tracking_user
+        raise UserError(f"experiment {name!r} at {tracking_uri()}: user {tracking_user()!r} may "
+                        "read it but not write to it; ask its owner for EDIT permission or use "
+                        "your own experiment (tracking.experiment, MLFLOW_EXPERIMENT_NAME)") from None
     if status != "RUNNING":
         client.update_run(run_id, status=status)
     return run_id

@@ -73,7 +73,13 @@ class RunStore:
 
 def import_fallback_file(path) -> tuple[int, str]:
     """``harness tracking import``: a fallback file's metrics into the tracking URI; (count, URI)."""
-    from tracking.mlflow_tracker import MlflowClient, import_fallback
+    from harness.errors import UserError
+    from tracking.mlflow_tracker import MlflowClient, import_fallback, read_fallback
     from tracking.run import tracking_uri
+    try:
+        rows = read_fallback(path)  # before any store is opened: a wrong file changes nothing
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; give an mlflow-fallback-*.jsonl or "
+                        "telemetry-fallback-*.jsonl file, or an SQLite store") from None
     uri = tracking_uri()
-    return import_fallback(path, MlflowClient(uri)), uri
+    return import_fallback(path, MlflowClient(uri), rows), uri

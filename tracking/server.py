@@ -1,5 +1,9 @@
 """``harness tracking serve``: one ``mlflow server`` for the cluster, with sane defaults.
 
+The store: SQLite in the tracking home for one person (the default), the tracking home's own
+PostgreSQL cluster for a lab (``--store postgres``, several workers: tracking/postgres.py), or
+any database URI (``--backend``).
+
 Binds 127.0.0.1 unless told otherwise (an open tracking server is an open
 door), keeps artifacts in a known directory served through the server (so
 compute nodes need no shared artifact path), and with ``--auth`` runs
@@ -71,11 +75,11 @@ def cors_origins(names: list[str], port: int, aliases: list[str] = ()) -> list[s
 
 
 def server_command(backend: str, host: str, port: int, artifacts: Path, auth: bool,
-                   aliases: list[str] = ()) -> list[str]:
+                   aliases: list[str] = (), workers: int = 1) -> list[str]:
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     names = machine_names()
     cmd = [mlflow, "server", "--backend-store-uri", backend, "--host", host, "--port", str(port),
-           "--serve-artifacts", "--artifacts-destination", str(artifacts), "--workers", "1",
+           "--serve-artifacts", "--artifacts-destination", str(artifacts), "--workers", str(workers),
            "--allowed-hosts", ",".join(allowed_hosts(names, port, aliases)),
            "--cors-allowed-origins", ",".join(cors_origins(names, port, aliases))]
     return cmd + (["--app-name", "basic-auth"] if auth else [])
@@ -104,38 +108,87 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
 
 def start(backend: str, host: str, port: int, artifacts: Path, auth: bool = False,
           log: Optional[Path] = None, own_session: bool = True,
-          aliases: list[str] = ()) -> subprocess.Popen:
+          aliases: list[str] = (), workers: int = 1,
+          auth_config: Optional[Path] = None) -> subprocess.Popen:
     """Start the server; ``own_session`` False keeps it in the caller's process group
-    (so Ctrl-C or a kill of the group stops it with ``harness tracking serve``)."""
+    (so Ctrl-C or a kill of the group stops it with ``harness tracking serve``).
+    ``auth_config``: the basic-auth app's settings (tracking/auth.py)."""
     artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if auth:
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+        if auth_config:
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
     out = open(log, "ab") if log else None
-    return subprocess.Popen(server_command(backend, host, port, artifacts, auth, aliases), env=env,
-                            stdout=out, stderr=subprocess.STDOUT if out else None,
+    return subprocess.Popen(server_command(backend, host, port, artifacts, auth, aliases, workers),
+                            env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                             start_new_session=own_session)
 
 
-def serve(backend: Optional[str], host: str, port: int, artifacts: Optional[str], auth: bool,
-          aliases: list[str] = ()) -> int:
-    if not 1 <= port <= 65535:
-        raise UserError(f"--port {port}: use 1..65535")
+STORES = ("sqlite", "postgres")
+# SQLite takes one writer at a time: more workers only queue on its lock.  PostgreSQL takes many.
+DEFAULT_WORKERS = {"sqlite": 1, "postgres": 4, "uri": 4}
+
+
+def check_backend(backend: Optional[str], store: Optional[str]) -> None:
+    if backend and store:
+        raise UserError(f"--store {store} and --backend {backend}: give one (--store picks the "
+                        "tracking home's own database, --backend names another)")
+    if store and store not in STORES:
+        raise UserError(f"--store {store!r}: use sqlite or postgres")
     if backend and not backend.startswith(("sqlite:///", "postgresql://", "postgresql+", "mysql")):
         raise UserError(f"--backend {backend!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
-    DEFAULT_HOME.mkdir(parents=True, exist_ok=True)
-    backend = backend or f"sqlite:///{DEFAULT_HOME / 'mlflow.db'}"
-    artifact_dir = Path(artifacts).expanduser() if artifacts else DEFAULT_HOME / "artifacts"
+
+
+def open_store(backend: Optional[str], store: Optional[str], home: Path = None, say=print):
+    """(backend URI, the PostgreSQL cluster this call started or None, kind) for serve, backup
+    and import; the tracking home's PostgreSQL cluster is initialised and started if needed."""
+    home = home or DEFAULT_HOME
+    check_backend(backend, store)
+    home.mkdir(parents=True, exist_ok=True)
+    if backend:
+        return backend, None, "sqlite" if backend.startswith("sqlite") else "uri"
+    if store == "postgres":
+        from tracking import postgres
+        cluster, started = postgres.up(home, say)
+        return cluster.uri(), cluster if started else None, "postgres"
+    return f"sqlite:///{home / 'mlflow.db'}", None, "sqlite"
+
+
+def serve(backend: Optional[str], host: str, port: int, artifacts: Optional[str], auth: bool,
+          aliases: list[str] = (), store: Optional[str] = None,
+          workers: Optional[int] = None) -> int:
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: use 1..65535")
+    if workers is not None and not 1 <= workers <= 64:
+        raise UserError(f"--workers {workers}: use 1..64")
     for alias in aliases:
         if not alias or any(c in alias for c in ",/ @"):
             raise UserError(f"--allow-host {alias!r}: give a host name or address, e.g. "
                             "--allow-host headnode.lab.example")
+    backend, cluster, kind = open_store(backend, store)
+    try:
+        return _serve(backend, kind, host, port, artifacts, auth, aliases,
+                      workers or DEFAULT_WORKERS[kind])
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _serve(backend: str, kind: str, host: str, port: int, artifacts: Optional[str], auth: bool,
+           aliases: list[str], workers: int) -> int:
+    artifact_dir = Path(artifacts).expanduser() if artifacts else DEFAULT_HOME / "artifacts"
     # Beyond loopback, other nodes need a name that reaches this machine, not "localhost".
     shown = host if host in LOOPBACK else socket.gethostname() if host in ("0.0.0.0", "::") else host
-    print(f"tracking server: backend {backend}, artifacts {artifact_dir}")
+    auth_config = None
+    if auth:
+        from tracking import auth as basic_auth
+        auth_config = basic_auth.prepare(DEFAULT_HOME)
+    print(f"tracking server: backend {backend}, artifacts {artifact_dir}, {workers} worker(s)")
     print(f"point jobs at it with: export MLFLOW_TRACKING_URI=http://{_as_host(shown)}:{port}",
           flush=True)
-    proc = start(backend, host, port, artifact_dir, auth, own_session=False, aliases=list(aliases))
+    proc = start(backend, host, port, artifact_dir, auth, own_session=False, aliases=list(aliases),
+                 workers=workers, auth_config=auth_config)
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # stop the server with us
     try:
         return proc.wait()

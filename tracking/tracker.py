@@ -25,8 +25,10 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queued for the background sender; a (key, step) logged before a resume is skipped."""
 
-    def log_system_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Telemetry samples: queued like metrics, steps are seconds since the job started."""
+    def log_system_metrics(self, metrics: Mapping[str, float], step: int,
+                           timestamp_s: Optional[float] = None) -> None:
+        """Telemetry samples: queued like metrics, steps are seconds since the job started,
+        stamped at ``timestamp_s`` (now when None)."""
 
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
         """Upload a file; on failure it stays on disk and a line says so."""
@@ -73,7 +75,8 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_system_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_system_metrics(self, metrics: Mapping[str, float], step: int,
+                           timestamp_s: Optional[float] = None) -> None:
         pass
 
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:

@@ -11,6 +11,7 @@ from typing import Optional
 
 from harness.telemetry import sampler as telemetry
 from harness.telemetry import summary as telemetry_summary
+from harness.telemetry.retention import Retention
 from harness.runtime.distributed import ProcessContext
 from harness.spec.schema import JobSpec
 
@@ -19,16 +20,26 @@ def _sink_for(ctx: ProcessContext, tracker, run_id: Optional[str], origin: float
     """Where one node's samples go; steps are seconds since the launch was written, so the
     attempts of a requeued job follow one another on one axis instead of overlapping."""
     if ctx.is_chief:
-        return lambda metrics, t: tracker.log_system_metrics(metrics, step=int(t - origin))
+        return lambda metrics, t: tracker.log_system_metrics(metrics, step=int(t - origin),
+                                                             timestamp_s=t)
     if run_id is None:
         return lambda metrics, t: None
     from tracking.run import attach
     node = attach(run_id, fallback_path(ctx, run_id))  # this node's own sender, the same run
 
     def sink(metrics, t):
-        node.log_system_metrics(metrics, step=int(t - origin))
+        node.log_system_metrics(metrics, step=int(t - origin), timestamp_s=t)
     sink.tracker = node
     return sink
+
+
+def archive_path(spec: JobSpec, ctx: ProcessContext, run_id: Optional[str]):
+    """The node's full-rate samples: beside the checkpoints, one file per node and attempt."""
+    import socket
+    import time
+    host = socket.gethostname().split(".")[0]
+    return (spec.checkpoint_dir.parent / "telemetry"
+            / f"{host}-{run_id or 'untracked'}-{int(time.time())}.csv.gz")
 
 
 def fallback_path(ctx: ProcessContext, run_id: str):
@@ -40,8 +51,11 @@ def start(spec: JobSpec, ctx: ProcessContext, tracker, run_id: Optional[str],
           origin: float) -> Optional[telemetry.Sampler]:
     if not spec.telemetry.enabled or ctx.local_rank != 0:
         return None
-    sampler = telemetry.Sampler(_sink_for(ctx, tracker, run_id, origin),
-                                interval_s=spec.telemetry.interval_s,
+    settings = spec.telemetry
+    # Bounded in the store whatever the job's length; every sample in the node's archive.
+    sink = Retention(_sink_for(ctx, tracker, run_id, origin), settings.full_rate_s,
+                     settings.window_s, archive_path(spec, ctx, run_id))
+    sampler = telemetry.Sampler(sink, interval_s=settings.interval_s,
                                 notify=lambda msg: print(msg, flush=True))
     return sampler.start()
 
@@ -54,7 +68,9 @@ def finish(sampler: Optional[telemetry.Sampler], ctx: ProcessContext, tracker) -
     mine = {}
     if sampler is not None:
         sampler.stop()
+        archive = sampler.sink.close()  # the last window's means, the archive complete
         node = getattr(sampler.sink, "tracker", None)
+        (node or tracker).log_artifact(archive, "telemetry")
         if node is not None:
             node.close()  # flush this node's samples; rank 0 owns the run's status
         totals = {(sampler.host, g.index): g.memory_total_mb for g in sampler.gpus}

@@ -250,9 +250,17 @@ class TrackingSpec:
 class TelemetrySpec:
     enabled: bool = field(default=True, metadata=doc("sample NVML/host metrics on each node"))
     interval_s: float = field(default=1.0, metadata=doc("seconds between samples; 0.1..60"))
+    full_rate_s: float = field(default=3600.0, metadata=doc(
+        "seconds from the start stored at full rate in MLflow; then window means and maxima"))
+    window_s: float = field(default=60.0, metadata=doc(
+        "after full_rate_s, one mean and one maximum per metric per window; interval_s..3600"))
 
     def __post_init__(self):
         _require(0.1 <= self.interval_s <= 60, "interval_s", self.interval_s, "use 0.1..60 seconds")
+        _require(self.full_rate_s >= 0, "full_rate_s", self.full_rate_s,
+                 "use 0 or more seconds (0: windows from the start)")
+        _require(self.interval_s <= self.window_s <= 3600, "window_s", self.window_s,
+                 f"use interval_s ({self.interval_s:g})..3600 seconds")
 
 
 @dataclass(frozen=True)
