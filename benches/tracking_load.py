@@ -7,8 +7,14 @@ log_batch every 5 s, as the harness's sender does: one quick try per call, the v
 sent again when a call fails.  Meanwhile a reader lists the experiment's runs every 2 s, as the
 UI's run list does.  At the end the rows in the store are counted against the rows sent.
 
+Jobs that start at different times flush at different moments: by default the jobs' flushes are
+spread evenly over the 5 s (job i starts i x 5/JOBS s after the first).  ``--burst`` starts them
+all at once, so every flush of every job arrives in the same instant: the worst case, which the
+harness's sender avoids by starting its flush clock at a random point (tracking/mlflow_tracker.py).
+
     .venv/bin/python benches/tracking_load.py                 # 20 jobs x 60 s, both stores
     .venv/bin/python benches/tracking_load.py --jobs 7 --seconds 30 --stores sqlite
+    .venv/bin/python benches/tracking_load.py --stores postgres --burst
 
 Prints, per store: log_batch calls, failed calls, latency p50/p99/max, the run list's latency
 p50/p99/max, rows sent and stored.  Wants an otherwise idle machine: the server, PostgreSQL and
@@ -46,7 +52,7 @@ def job(url: str, experiment_id: str, index: int, seconds: float, start_at: floa
     run_id = client.create_run(experiment_id, run_name=f"load-{index}").info.run_id
     names = [f"system/node{index}/gpu_{g}_metric_{m}" for g in range(GPUS)
              for m in range(GPU_METRICS)] + [f"system/node{index}/host_{m}" for m in range(HOST_METRICS)]
-    latencies, failures, sent, pending, second = [], 0, 0, [], 0
+    latencies, failures, sent, pending, second, errors = [], 0, 0, [], 0, {}
     while time.time() < start_at:
         time.sleep(0.05)
     began = time.time()
@@ -60,31 +66,43 @@ def job(url: str, experiment_id: str, index: int, seconds: float, start_at: floa
             t0 = time.perf_counter()
             try:
                 send_batch(client, run_id, chunk)
-            except Exception:
+            except Exception as e:
                 failures += 1
+                _note(errors, e)
                 break  # kept: sent again with the next flush
             latencies.append(time.perf_counter() - t0)
             sent += len(chunk)
             del pending[:len(chunk)]
         time.sleep(max(0.0, began + second - time.time()))
-    while pending:  # the job's end: what is still waiting
+    deadline = time.time() + 300
+    while pending and time.time() < deadline:  # the job's end: what is still waiting
         try:
             send_batch(client, run_id, pending[:1000])
             sent += len(pending[:1000])
             del pending[:1000]
-        except Exception:
+        except Exception as e:
             failures += 1
+            _note(errors, e)
             time.sleep(1)
-    out.put({"run_id": run_id, "latencies": latencies, "failures": failures, "sent": sent})
+    out.put({"run_id": run_id, "latencies": latencies, "failures": failures, "sent": sent,
+             "unsent": len(pending), "errors": errors})
+
+
+def _note(errors: dict, error: Exception) -> None:
+    """Count each kind of failure by its first line."""
+    first = (str(error).splitlines() or [type(error).__name__])[0][:160]
+    errors[first] = errors.get(first, 0) + 1
 
 
 def run_list_reader(url: str, experiment_id: str, stop: threading.Event, out: list) -> None:
-    from mlflow import MlflowClient
-    client = MlflowClient(url)
+    """The UI's run list every 2 s; a list that takes over 30 s counts as never answered."""
+    import requests
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
-            client.search_runs([experiment_id], max_results=100)
+            requests.post(f"{url}/api/2.0/mlflow/runs/search", timeout=30,
+                          json={"experiment_ids": [experiment_id], "max_results": 100}
+                          ).raise_for_status()
             out.append(time.perf_counter() - t0)
         except Exception:
             out.append(float("inf"))
@@ -102,7 +120,7 @@ def stored_rows(backend: str, run_ids) -> int:
     return rows
 
 
-def bench(store: str, jobs: int, seconds: float) -> dict:
+def bench(store: str, jobs: int, seconds: float, burst: bool = False) -> dict:
     from tracking import postgres, server
     home = Path(tempfile.mkdtemp(prefix=f"load-{store}-"))
     port = server.free_port()
@@ -117,8 +135,9 @@ def bench(store: str, jobs: int, seconds: float) -> dict:
         from mlflow import MlflowClient
         experiment = MlflowClient(url).create_experiment("load")
         results, start_at = mp.Queue(), time.time() + 15  # every job's imports done first
-        workers = [mp.Process(target=job, args=(url, experiment, i, seconds, start_at, results))
-                   for i in range(jobs)]
+        phase = 0.0 if burst else FLUSH_S / jobs
+        workers = [mp.Process(target=job, args=(url, experiment, i, seconds, start_at + i * phase,
+                                                results), daemon=True) for i in range(jobs)]
         for w in workers:
             w.start()
         reads, stop = [], threading.Event()
@@ -134,16 +153,27 @@ def bench(store: str, jobs: int, seconds: float) -> dict:
         backend = (postgres.Cluster(postgres.cluster_root(home)).uri() if store == "postgres"
                    else f"sqlite:///{home / 'mlflow.db'}")
         latencies = [x for d in done for x in d["latencies"]]
+        errors: dict = {}
+        for d in done:
+            for text, n in d["errors"].items():
+                errors[text] = errors.get(text, 0) + n
         return {"store": store, "jobs": jobs, "calls": len(latencies),
                 "failed": sum(d["failures"] for d in done),
-                "p50": _percentile(latencies, 0.5), "p99": _percentile(latencies, 0.99),
+                "p50": _percentile(latencies, 0.5),
+                "over_500ms": sum(x > 0.5 for x in latencies), "p99": _percentile(latencies, 0.99),
                 "max": max(latencies), "list_p50": _percentile(reads, 0.5),
                 "list_p99": _percentile(reads, 0.99), "list_max": max(reads),
-                "sent": sum(d["sent"] for d in done),
+                "sent": sum(d["sent"] for d in done), "unsent": sum(d["unsent"] for d in done),
+                "errors": errors,
                 "stored": stored_rows(backend, [d["run_id"] for d in done])}
     finally:
         proc.terminate()
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a server still draining its backlog
+            import signal
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         if os.geteuid() == 0:
             import shutil
             shutil.rmtree(postgres.cluster_root(home), ignore_errors=True)
@@ -154,9 +184,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--stores", default="postgres,sqlite")
+    parser.add_argument("--burst", action="store_true", help="every job flushes at the same instant")
     args = parser.parse_args()
-    rows = [bench(store, args.jobs, args.seconds) for store in args.stores.split(",")]
-    print(f"\n{args.jobs} jobs x {args.seconds:.0f} s, each a 6-GPU node "
+    rows = []
+    for store in args.stores.split(","):
+        rows.append(bench(store, args.jobs, args.seconds, args.burst))
+        print(f"{store}: {rows[-1]}", flush=True)
+    print(f"\n{args.jobs} jobs x {args.seconds:.0f} s{' (flushing in bursts)' if args.burst else ''}, each a 6-GPU node "
           f"({GPUS * GPU_METRICS + HOST_METRICS} metrics/s, one log_batch every {FLUSH_S:.0f} s)")
     print(f"{'store':<9} {'calls':>6} {'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
           f"{'list p50':>8} {'list p99':>8} {'list max':>8} {'sent':>8} {'stored':>8}")
@@ -165,6 +199,10 @@ def main() -> None:
               f"{r['p99'] * 1e3:>7.0f} {r['max'] * 1e3:>7.0f} {r['list_p50'] * 1e3:>8.0f} "
               f"{r['list_p99'] * 1e3:>8.0f} {r['list_max'] * 1e3:>8.0f} {r['sent']:>8} "
               f"{r['stored']:>8}")
+        for text, n in r["errors"].items():
+            print(f"    {r['store']}: {n} x {text}")
+        if r["unsent"]:
+            print(f"    {r['store']}: {r['unsent']} values never accepted")
     if len(rows) == 2:
         a, b = rows
         print(f"ratios {a['store']}/{b['store']}: log_batch p99 {a['p99'] / b['p99']:.2f}, "

@@ -48,7 +48,11 @@ class Lab:
             [*HARNESS, "tracking", "serve", "--host", "0.0.0.0", "--port", str(self.port),
              *self.flags], env=dict(os.environ, **self.env), stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
-        server.wait_ready(self.url, self.proc, timeout_s=240)
+        try:
+            server.wait_ready(self.url, self.proc, timeout_s=240)
+        except BaseException:
+            self.stop()  # its PostgreSQL too, and the cluster's folder
+            raise
         return self
 
     @property
@@ -60,9 +64,12 @@ class Lab:
         self.proc.terminate()  # as systemd or Ctrl-C would: the server, then its PostgreSQL
         self.proc.wait(timeout=120)
         self.log.close()
-        assert not self.cluster.running(), "the server's PostgreSQL outlived it"
+        alive = self.cluster.running()
+        if alive:
+            self.cluster.stop()
         if self.cluster.root != self.home / "postgres":  # run as root: not under the home
-            shutil.rmtree(self.cluster.root)
+            shutil.rmtree(self.cluster.root, ignore_errors=True)
+        assert not alive, "the server's PostgreSQL outlived it"
 
     def client(self, credentials: Path = None) -> MlflowClient:
         """A client as the user whose credentials file this is (the administrator by default)."""

@@ -146,6 +146,56 @@ def test_scancel_without_requeue_keeps_the_checkpoint_and_marks_the_run_killed(
     assert _steps(client, run.info.run_id)[: pointer["epoch"]] == list(range(pointer["epoch"]))
 
 
+@pytest.mark.tracking
+def test_a_job_submitted_by_a_user_logs_as_that_user(slurm, workdir, pima_csv, tmp_path):
+    """A server with users (--auth): Alice submits from her home, which holds her
+    ~/.mlflow/credentials; the job reads them on the node and its run is hers.  Neither the batch
+    script nor the job's logs hold her password."""
+    import signal
+    import socket
+    from tracking import auth, server
+    home = tmp_path / "tracking-home"
+    home.mkdir()
+    port = server.free_port()
+    url = f"http://{socket.gethostname()}:{port}"
+    proc = server.start(f"sqlite:///{home / 'mlflow.db'}", "0.0.0.0", port, home / "artifacts",
+                        auth=True, log=home / "server.log", auth_config=auth.prepare(home))
+    try:
+        server.wait_ready(url, proc)
+        credentials = tmp_path / "alice" / ".mlflow" / "credentials"
+        credentials.parent.mkdir(parents=True)
+        credentials.write_text(auth.add_user(home, url, "alice"))
+        credentials.chmod(0o600)
+        password = auth.read_credentials(credentials)[1]
+        done = run_cli("submit", DIABETES, "--partition", "debug", "--gpus-per-node", "1",
+                       "--set", f"data.csv={pima_csv}", "--set", "tracking.experiment=alice-slurm",
+                       "--set", "training.epochs=2", cwd=workdir, timeout=120,
+                       env=dict(slurm.env, MLFLOW_TRACKING_URI=url, HOME=str(credentials.parents[1])))
+        job_id = _job_id(done)
+        info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, 300)
+        assert info["JobState"] == "COMPLETED", _log(workdir, job_id, "err")[-3000:]
+        admin, admin_password = auth.read_credentials(auth.admin_credentials(home))
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = \
+            admin, admin_password
+        try:
+            from mlflow.server import get_app_client
+            client = MlflowClient(url)
+            experiment = client.get_experiment_by_name("alice-slurm")
+            [run] = client.search_runs([experiment.experiment_id])
+            owner = get_app_client("basic-auth", tracking_uri=url).get_user_permission(
+                "alice", "experiment", experiment.experiment_id)
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME"), os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.user"] == "alice"
+        assert run.data.tags["slurm.job_id"] == job_id and owner.permission == "MANAGE"
+        written = [p for p in (workdir / "runs").rglob("*") if p.is_file()]
+        assert any(p.suffix == ".sbatch" for p in written), written
+        for path in written:  # the batch script, the launch, the job's own logs
+            assert password.encode() not in path.read_bytes(), path
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _lars_two_nodes():
     return ["--cluster", "lars", "--partition", "rtx2080ti", "--nodes", "2", "--gpus-per-node", "1"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import threading
 import time
 from pathlib import Path
@@ -90,6 +91,10 @@ class MetricSender(threading.Thread):
         self.down_since: Optional[float] = None  # monotonic time of the first failed send
 
     def run(self) -> None:
+        # Jobs started together (a sweep's array) would flush in the same instant every period
+        # for as long as they run, and the server would take every job's call at once: a random
+        # phase spreads their calls over the period (benches/tracking_load.py --burst shows why).
+        self.stopping.wait(random.uniform(0, FLUSH_EVERY_S))
         backoff = FLUSH_EVERY_S
         while not self.stopping.is_set():
             self._drain()

@@ -115,6 +115,10 @@ def start(backend: str, host: str, port: int, artifacts: Path, auth: bool = Fals
     ``auth_config``: the basic-auth app's settings (tracking/auth.py)."""
     artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    # MLflow 3's job runner (a Huey consumer with five workers) serves GenAI features: online
+    # scoring, trace archival.  A training lab uses none; it costs a process that imports MLflow
+    # for its first ~30 s and polls every minute, on the machine that answers every job's calls.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth:
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
         if auth_config:
