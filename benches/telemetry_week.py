@@ -43,7 +43,7 @@ def fill(client, experiment: str, seconds: int, full_rate_s: float) -> tuple[str
     for second in range(seconds):
         keep({n: float((second + i) % 100) for i, n in enumerate(NAMES)}, origin + second)
     keep.close()
-    tracker.close(deadline_s=3600)
+    tracker.close(flush_s=3600)
     return run_id, rows[0], time.perf_counter() - began
 
 

@@ -126,9 +126,11 @@ def test_server_runs_on_its_own_postgresql_with_several_workers(lab):
     assert "backend postgresql://mlflow@/mlflow?host=" in log and "4 worker(s)" in log
     assert (lab.cluster.data / "PG_VERSION").is_file()
     import psutil
-    listening = {psutil.Process(c.pid).name() for c in psutil.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN and c.pid}
-    assert "postgres" not in listening, "the tracking store must listen on its socket only"
+    postmaster = int((lab.cluster.data / "postmaster.pid").read_text().split()[0])
+    family = {postmaster, *(c.pid for c in psutil.Process(postmaster).children(recursive=True))}
+    listening = [c for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in family]
+    assert listening == [], "the tracking store must listen on its socket only"
     assert (lab.cluster.socket_dir / ".s.PGSQL.5432").is_socket()
     assert oct((lab.home / "admin-credentials").stat().st_mode & 0o777) == "0o600"
 

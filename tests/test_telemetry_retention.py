@@ -46,7 +46,7 @@ def test_a_simulated_week_is_bounded_in_the_store_and_whole_in_the_archive(mlflo
         busy = 100.0 if second == spike_at else 40.0
         keep({names[0]: busy, names[1]: 150.0 + second % 7}, origin + second)
     keep.close()
-    tracker.close()
+    tracker.close(flush_s=600)  # ~70,000 rows: more than the default final flush allows
     assert not (tmp_path / "fallback.jsonl").exists(), "every row reached the server"
 
     utilization = client.get_metric_history(run_id, names[0])
