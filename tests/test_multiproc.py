@@ -42,7 +42,9 @@ def test_diabetes_two_processes_and_resume_is_one_complete_run(workdir, pima_csv
             *on_engine(engine)]
     out = _ok(run_cli(*args, "--set", "training.epochs=3", cwd=workdir, env=env))
     assert "epoch 1/3  loss" in out and "samples/s" in out and "held-out: test_accuracy" in out
-    assert f"at {mlflow_server.url}" in out
+    # The run's link, into MLflow's Model training view (tracking/links.py).
+    assert re.search(rf"tracking: MLflow run \w+: {re.escape(mlflow_server.url)}/#/experiments/\d+"
+                     rf"/runs/\w+\?workflowType=machine_learning", out), out[-1500:]
     refused = run_cli(*args, "--set", "training.epochs=5", cwd=workdir, env=env)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
     out = _ok(run_cli(*args, "--set", "training.epochs=5", "--resume", cwd=workdir, env=env))

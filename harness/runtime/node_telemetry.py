@@ -33,13 +33,13 @@ def _sink_for(ctx: ProcessContext, tracker, run_id: Optional[str], origin: float
     return sink
 
 
-def archive_path(spec: JobSpec, ctx: ProcessContext, run_id: Optional[str]):
+def archive_path(spec: JobSpec):
     """The node's full-rate samples: beside the checkpoints, one file per node and attempt."""
     import socket
     import time
     host = socket.gethostname().split(".")[0]
     return (spec.checkpoint_dir.parent / "telemetry"
-            / f"{host}-{run_id or 'untracked'}-{int(time.time())}.csv.gz")
+            / f"{host}-{time.strftime('%Y%m%d-%H%M%S')}.csv.gz")
 
 
 def fallback_path(ctx: ProcessContext, run_id: str):
@@ -54,7 +54,7 @@ def start(spec: JobSpec, ctx: ProcessContext, tracker, run_id: Optional[str],
     settings = spec.telemetry
     # Bounded in the store whatever the job's length; every sample in the node's archive.
     sink = Retention(_sink_for(ctx, tracker, run_id, origin), settings.full_rate_s,
-                     settings.window_s, archive_path(spec, ctx, run_id))
+                     settings.window_s, archive_path(spec))
     sampler = telemetry.Sampler(sink, interval_s=settings.interval_s,
                                 notify=lambda msg: print(msg, flush=True))
     return sampler.start()

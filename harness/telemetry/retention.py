@@ -10,7 +10,7 @@ loading time).  A week then holds about 3,600 + 2 x (1,380 + 864) rows per metri
 605,000.
 
 Every sample still goes to a gzip-compressed CSV beside the run (``time_s,metric,value``, one
-line per reading), logged as the artifact ``telemetry/<host>.csv.gz`` when the job ends.
+line per reading), logged as the artifact ``telemetry/<host>-<start time>.csv.gz`` when the job ends.
 """
 from __future__ import annotations
 
