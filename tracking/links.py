@@ -42,6 +42,11 @@ def open_hint(uri: str) -> str:
     return f" (start the UI first: mlflow ui --backend-store-uri {uri})"
 
 
+def openable_run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's link, and for a local store how to start the UI that opens it."""
+    return f"{run_link(uri, experiment_id, run_id)}{open_hint(uri)}"
+
+
 def link_to_run(client, uri: str, run_id: str) -> str:
     """The run's link (and how to open it), its experiment read from the store; the URI alone
     when the store cannot say (a link is a convenience, never a reason to fail)."""
@@ -49,7 +54,7 @@ def link_to_run(client, uri: str, run_id: str) -> str:
         experiment = client.get_run(run_id).info.experiment_id
     except Exception:
         return uri
-    return f"{run_link(uri, experiment, run_id)}{open_hint(uri)}"
+    return openable_run_link(uri, experiment, run_id)
 
 
 def run_line(client, uri: str, run_id: str) -> str:

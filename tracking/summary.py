@@ -53,9 +53,8 @@ def print_report(run_id: str) -> int:
         print(f"GPUs: {tags['telemetry.gpus']}")
         for flag in filter(None, tags.get("telemetry.flags", "").split(" | ")):
             print(f"flag: {flag}")
-    from tracking.links import open_hint, run_link
-    uri = tracking_uri()
-    print(f"view: {run_link(uri, run.info.experiment_id, run_id)}{open_hint(uri)}")
+    from tracking.links import openable_run_link
+    print(f"view: {openable_run_link(tracking_uri(), run.info.experiment_id, run_id)}")
     return 0
 
 
@@ -109,7 +108,7 @@ def job_progress(rec: dict, job_id: str) -> str:
 
 def job_link(rec: dict, job_id: str) -> str:
     """The job's run (or, for a sweep, its parent run) in the MLflow UI; "" when unknown."""
-    from tracking.links import run_link, open_hint
+    from tracking.links import openable_run_link
     uri = rec.get("tracking_uri", "")
     try:
         if rec.get("kind") == "sweep":
@@ -122,7 +121,7 @@ def job_link(rec: dict, job_id: str) -> str:
             runs = _job_runs(rec, job_id)[1]
     except Exception:
         return ""
-    return f"{run_link(uri, runs[0].info.experiment_id, runs[0].info.run_id)}{open_hint(uri)}" if runs else ""
+    return openable_run_link(uri, runs[0].info.experiment_id, runs[0].info.run_id) if runs else ""
 
 
 def run_progress(uri: str, run_id: str, epochs) -> str:
