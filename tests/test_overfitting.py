@@ -52,6 +52,29 @@ def test_a_plateau_is_reported_as_one(seed):
     assert verdict.text().startswith(f"plateau since epoch {verdict.onset_epoch}")
 
 
+# val_loss of the 2-core lens finder (cosine rate decay, 20 epochs): it falls by about 0.005 an
+# epoch, less than its epoch-to-epoch noise, and it is lowest at the last epoch.
+LENS_VAL = [0.6202, 0.5497, 0.5133, 0.4916, 0.4502, 0.4187, 0.4134, 0.3879, 0.3720, 0.3669,
+            0.3495, 0.3682, 0.3460, 0.3426, 0.3301, 0.3355, 0.3248, 0.3221, 0.3198, 0.3197]
+LENS_LOSS = [0.6551, 0.6070, 0.5424, 0.5097, 0.4739, 0.4531, 0.4307, 0.4141, 0.3976, 0.3816,
+             0.3761, 0.3522, 0.3451, 0.3359, 0.3254, 0.3156, 0.3089, 0.3051, 0.3016, 0.2994]
+
+
+def test_a_slow_steady_decline_below_the_noise_is_still_improving():
+    verdict = overfitting.judge(_history(LENS_VAL, LENS_LOSS), patience=5)
+    assert verdict.kind == "improving", verdict.text()
+    assert verdict.best_epoch == 20
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_noisy_linear_decline_is_not_a_plateau(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    val = 0.6 - 0.002 * np.arange(n) + rng.normal(0, 0.004, n)  # a step half the noise
+    verdict = overfitting.judge(_history(val, _falling_loss(n, rng)), patience=10)
+    assert verdict.kind == "improving", verdict.text()
+
+
 def test_early_stopping_is_keras_rule_with_min_delta():
     val = [1.0, 0.8, 0.7, 0.69, 0.695, 0.70, 0.71]
     history = _history(val, [1.0] * len(val))

@@ -64,6 +64,16 @@ def test_warmup_ramps_from_base_to_target():
     assert rate_at(0.0, 0.1, 0.4, 0) == pytest.approx(0.4)
 
 
+def test_cosine_decay_follows_the_warmup_down_to_zero_at_the_last_epoch():
+    # warm-up 0.1 -> 0.4 over 2 epochs, then 0.4 * (1 + cos(pi * (p - 2) / 8)) / 2 up to epoch 10
+    assert rate_at(1.0, 0.1, 0.4, 2, "cosine", 10) == pytest.approx(0.25)
+    assert rate_at(2.0, 0.1, 0.4, 2, "cosine", 10) == pytest.approx(0.4)
+    assert rate_at(6.0, 0.1, 0.4, 2, "cosine", 10) == pytest.approx(0.2)
+    assert rate_at(8.0, 0.1, 0.4, 2, "cosine", 10) == pytest.approx(0.2 * (1 - 2 ** -0.5))
+    assert rate_at(10.0, 0.1, 0.4, 2, "cosine", 10) == pytest.approx(0.0)
+    assert rate_at(4.0, 0.1, 0.4, 0, "cosine", 8) == pytest.approx(0.2)
+
+
 def test_throughput_drops_warmup_and_rejects_backwards_counters():
     meter = Throughput(warmup_steps=2, processes=4)
     meter.update(0.0, 0)

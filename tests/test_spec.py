@@ -65,6 +65,7 @@ BAD = [  # (yaml or overrides, words the one-line error must contain)
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {learning_rate: 0}", ["training.learning_rate=0", "(0, 10]"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {lr_scaling: cubic}", ["training.lr_scaling='cubic'", "sqrt"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {warmup_epochs: -1}", ["training.warmup_epochs=-1", "0..1000"]),
+    ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {lr_decay: step}", ["training.lr_decay='step'", "none, cosine"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {seed: -3}", ["training.seed=-3", ">= 0"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ntraining: {early_stopping: maybe}", ["training.early_stopping='maybe'", "true or false"]),
     ("name: t\njob: diabetes_mlp.py\ndata: {csv: CSV}\ncheckpoint: {every_epochs: 0}", ["checkpoint.every_epochs=0", ">= 1"]),

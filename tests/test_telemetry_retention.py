@@ -10,7 +10,8 @@ import io
 import pytest
 from mlflow import MlflowClient
 
-from harness.telemetry.retention import Retention, rows_bound
+from harness.telemetry.retention import Retention, reduction_of, rows_bound
+from harness.telemetry.sampler import FAST_METRICS, SLOW_METRICS
 
 pytestmark = pytest.mark.tracking
 WEEK_S = 7 * 24 * 3600
@@ -30,6 +31,25 @@ def test_full_rate_then_window_means_and_maxima_by_hand(tmp_path):
     with gzip.open(tmp_path / "node.csv.gz", "rt") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["value"]) for r in rows] == [1, 2, 3, 4, 10, 6, 8, 7]
+
+
+def test_each_kind_of_reading_keeps_what_it_means_over_a_window():
+    """A gauge its mean and maximum, a clock its mean, a running total its last reading, a
+    bitmask every bit seen: what the sampler's readings mean, checked by hand."""
+    sent = []
+    keep = Retention(lambda m, t: sent.append((t, dict(m))), full_rate_s=0, window_s=3)
+    gpu = "system/n/gpu_0_"
+    for t, (watts, clock, joules, reasons) in enumerate([(100, 1500, 10, 1), (150, 1900, 20, 4),
+                                                         (110, 1600, 30, 1)]):
+        keep({gpu + "power_usage_watts": float(watts), gpu + "sm_clock_mhz": float(clock),
+              gpu + "energy_joules": float(joules), gpu + "clock_event_reasons": float(reasons),
+              "system/n/network_receive_megabytes": float(t)}, 100.0 + t)
+    keep.close()
+    assert sent == [(103.0, {gpu + "power_usage_watts": 120.0, gpu + "power_usage_watts_max": 150.0,
+                             gpu + "sm_clock_mhz": pytest.approx(5000 / 3),
+                             gpu + "energy_joules": 30.0, gpu + "clock_event_reasons": 5.0,
+                             "system/n/network_receive_megabytes": 2.0})]
+    assert [reduction_of(gpu + m) for m in FAST_METRICS + SLOW_METRICS].count("gauge") == 8
 
 
 def test_a_simulated_week_is_bounded_in_the_store_and_whole_in_the_archive(mlflow_server, tmp_path):

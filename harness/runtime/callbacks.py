@@ -40,16 +40,19 @@ class HostFree(tf.keras.callbacks.Callback):
 
 
 class ScheduledRate(HostFree):
-    """Sets the optimizer's rate before each step: warm-up ramp, then the scaled rate.
+    """Sets the optimizer's rate before each step: warm-up ramp, then the scaled rate (held,
+    or decayed to zero over ``epochs`` with ``decay`` cosine).
 
     With ``training.steps_per_execution`` K, Keras calls the batch hooks once per K steps (batch
     = the first step of the call): the rate is set for that step and holds for the K steps of
     the call, so the ramp climbs in stairs of K steps and reaches the target at the same step.
     """
 
-    def __init__(self, base: float, target: float, warmup_epochs: float, steps: int, engine):
+    def __init__(self, base: float, target: float, warmup_epochs: float, steps: int, engine,
+                 decay: str = "none", epochs: int = 0):
         super().__init__()
         self.base, self.target, self.warmup, self.steps = base, target, warmup_epochs, steps
+        self.decay, self.epochs = decay, epochs
         self.engine = engine
         self.epoch = 0
         self.current = target
@@ -58,7 +61,8 @@ class ScheduledRate(HostFree):
         self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        rate = rate_at(self.epoch + batch / self.steps, self.base, self.target, self.warmup)
+        rate = rate_at(self.epoch + batch / self.steps, self.base, self.target, self.warmup,
+                       self.decay, self.epochs)
         if rate != self.current or batch == 0:
             self.engine.set_learning_rate(self.model.optimizer, rate)
             self.current = rate

@@ -93,6 +93,21 @@ def last_real_improvement(history: Sequence[dict]) -> Optional[int]:
     return last
 
 
+def still_falling(history: Sequence[dict], window: int) -> bool:
+    """Whether val_loss's mean over the last ``window`` epochs is below its mean over the
+    ``window`` before by more than three standard errors of that difference.
+
+    A curve that falls slower per epoch than its noise never beats its lowest value by twice
+    the noise in one step, so ``last_real_improvement`` alone would call it a plateau; its
+    gains show when epochs are averaged."""
+    val = [h["val_loss"] for h in history if "val_loss" in h]
+    recent, earlier = val[-window:], val[-2 * window:-window]
+    if not earlier:
+        return False
+    error = noise_level(history) * (1 / len(recent) + 1 / len(earlier)) ** 0.5
+    return sum(earlier) / len(earlier) - sum(recent) / len(recent) > 3 * error
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the history says; epochs count from 1 here, as a person reads them."""
@@ -116,8 +131,8 @@ class Verdict:
                     f"above its best (GL {self.gl_percent:.1f}) while {fell}; "
                     f"best epoch {self.best_epoch}")
         if self.kind == "plateau":
-            return (f"plateau since epoch {self.onset_epoch}: val_loss has not improved for "
-                    f"{self.epochs_since_best} epochs and stays within {self.gl_percent:.1f}% of its "
+            return (f"plateau since epoch {self.onset_epoch}: val_loss has not improved beyond "
+                    f"its noise for {self.epochs_since_best} epochs and stays within {self.gl_percent:.1f}% of its "
                     f"best while {fell}; best epoch {self.best_epoch}")
         return (f"no overfitting seen: val_loss still improving (best epoch {self.best_epoch}, "
                 f"{self.epochs_since_best} epoch(s) ago)")
@@ -140,7 +155,8 @@ def judge(history: Sequence[dict], patience: int, min_delta: float = 0.0,
     """Overfitting: val_loss has not improved for ``patience`` epochs and ends more than
     ``gl_threshold`` percent above its best (GL) while the training loss fell; it began the epoch
     after the best.  Plateau: no improvement larger than the curve's own noise for ``patience``
-    epochs, within the threshold.  Otherwise: still improving."""
+    epochs, within the threshold, and the last ``patience`` epochs no lower on average than the
+    ones before.  Otherwise: still improving."""
     if not history or "val_loss" not in history[-1]:
         return Verdict("no validation")
     best = best_epoch(history, min_delta)
@@ -156,7 +172,7 @@ def judge(history: Sequence[dict], patience: int, min_delta: float = 0.0,
     if since >= patience and gl > gl_threshold and change < 0:
         return Verdict("overfitting", onset_epoch=best + 2, **figures)
     real = last_real_improvement(history)
-    if real is not None and last - real >= patience:
+    if real is not None and last - real >= patience and not still_falling(history, patience):
         figures["epochs_since_best"] = last - real
         return Verdict("plateau", onset_epoch=real + 2, **figures)
     return Verdict("improving", **figures)

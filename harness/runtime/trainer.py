@@ -182,7 +182,8 @@ def callbacks_for(spec: JobSpec, ctx: ProcessContext, tracker, watch: cb.Overfit
     chain = [
         # Metrics averaged over ranks so every later callback decides the same on every rank.
         *ctx.engine.sync_callbacks(),
-        cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps, ctx.engine),
+        cb.ScheduledRate(t.learning_rate, target_lr, t.warmup_epochs, steps, ctx.engine,
+                         t.lr_decay, t.epochs),
         cb.EpochClock(samples_per_step, ctx.size),
         *([cb.InputWaitClock(wait, ctx.engine)] if wait is not None else []),
         *([anatomy] if anatomy is not None else []),  # reads the two clocks' figures

@@ -25,6 +25,7 @@ from harness.errors import UserError
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
 MIXED_PRECISION_MIN_CC = (7, 0)  # tensor cores from Volta on; Pascal runs float16 at 1/64 rate
 LR_SCALINGS = ("linear", "sqrt", "none")
+DECAYS = ("none", "cosine")  # harness.runtime.lr.rate_at knows each
 
 
 class FieldError(ValueError):
@@ -55,6 +56,9 @@ class TrainingSpec:
         default="linear", metadata=doc("scale by the number of processes: linear, sqrt or none"))
     warmup_epochs: float = field(
         default=0.0, metadata=doc("epochs to ramp from the base to the scaled rate; >= 0"))
+    lr_decay: str = field(default="none", metadata=doc(
+        "after the warm-up: none (the scaled rate held) or cosine (a half cosine down to 0 "
+        "at the last epoch)"))
     seed: int = field(default=42, metadata=doc("seeds Python, NumPy and TensorFlow; >= 0"))
     early_stopping: bool = field(default=False, metadata=doc(
         "stop after `patience` epochs without improvement and restore the best weights (Keras)"))
@@ -94,6 +98,8 @@ class TrainingSpec:
                  "use one of " + ", ".join(LR_SCALINGS))
         _require(0 <= self.warmup_epochs <= 1000, "warmup_epochs", self.warmup_epochs,
                  "use 0..1000 epochs")
+        _require(self.lr_decay in DECAYS, "lr_decay", self.lr_decay,
+                 "use one of " + ", ".join(DECAYS))
         _require(self.seed >= 0, "seed", self.seed, "use an integer >= 0")
         _require(1 <= self.patience <= 1000, "patience", self.patience, "use 1..1000")
         _require(0 <= self.min_delta <= 1e6, "min_delta", self.min_delta, "use a number >= 0")
@@ -251,9 +257,10 @@ class TelemetrySpec:
     enabled: bool = field(default=True, metadata=doc("sample NVML/host metrics on each node"))
     interval_s: float = field(default=1.0, metadata=doc("seconds between samples; 0.1..60"))
     full_rate_s: float = field(default=3600.0, metadata=doc(
-        "seconds from the start stored at full rate in MLflow; then window means and maxima"))
+        "seconds from the start stored at full rate in MLflow; then one value per window"))
     window_s: float = field(default=60.0, metadata=doc(
-        "after full_rate_s, one mean and one maximum per metric per window; interval_s..3600"))
+        "after full_rate_s, one value per metric per window (a gauge's mean and maximum, a clock's "
+        "mean, a total's last reading, every clock-event reason seen); interval_s..3600"))
 
     def __post_init__(self):
         _require(0.1 <= self.interval_s <= 60, "interval_s", self.interval_s, "use 0.1..60 seconds")
