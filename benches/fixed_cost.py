@@ -14,6 +14,7 @@ alike; each prints its median wall time, and the harness's excess over the bare 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,14 +38,17 @@ def commands(args, data: Path) -> dict:
     return {"bare": bare, "harness": harness, "harness, tracking+telemetry off": quiet}
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process tree, user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory() as work:  # a new mlflow.db and checkpoint folder each time
         start = time.perf_counter()
         done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
-    return seconds
+    return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def main() -> int:
@@ -59,16 +63,20 @@ def main() -> int:
         make_mnist(data, args.limit)
         variants = commands(args, data)
         times = {name: [] for name in variants}
+        cpu = {name: [] for name in variants}
         for i in range(args.repeats):
             names = list(variants) if i % 2 == 0 else list(reversed(variants))
             for name in names:
-                times[name].append(timed(variants[name]))
-                print(f"  run {i + 1}: {name:<34} {times[name][-1]:6.1f} s", flush=True)
-    bare = statistics.median(times["bare"])
+                wall, used = timed(variants[name])
+                times[name].append(wall)
+                cpu[name].append(used)
+                print(f"  run {i + 1}: {name:<34} {wall:6.1f} s, CPU {used:6.1f} s", flush=True)
+    bare, bare_cpu = statistics.median(times["bare"]), statistics.median(cpu["bare"])
     for name, values in times.items():
-        median = statistics.median(values)
+        median, used = statistics.median(values), statistics.median(cpu[name])
         print(f"{name:<34} median {median:6.1f} s ({min(values):.1f}..{max(values):.1f}), "
-              f"excess over bare {median - bare:+5.1f} s, ratio {median / bare:.2f}")
+              f"excess over bare {median - bare:+5.1f} s, ratio {median / bare:.2f}; "
+              f"CPU {used:.1f} s ({used - bare_cpu:+.1f} s)")
     return 0
 
 

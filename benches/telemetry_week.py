@@ -7,9 +7,12 @@ one value per metric per minute, a gauge's maximum beside its mean) into a real 
 tracking serve` (PostgreSQL by default), then asks the server for every system-metric series
 the way MLflow's UI draws its charts (``get-history-bulk-interval``, 320 points a chart, six
 requests at a time like a browser; the UI itself only asks for the charts on screen).
-The baseline in the same run: the same charts of a run holding one full-rate hour.
+With ``--browser``, it also opens each run's system-metrics tab in a real headless Chromium
+(a 1400x1000 window, its cache warm) and times the page from its start to the last on-screen
+chart's data (benches/browser_timing.py).  The baseline in the same run: the same charts of a
+run holding one full-rate hour.
 
-    .venv/bin/python benches/telemetry_week.py [--store postgres|sqlite] [--days 7]
+    .venv/bin/python benches/telemetry_week.py [--store postgres|sqlite] [--days 7] [--browser]
 """
 from __future__ import annotations
 
@@ -74,10 +77,37 @@ def charts(url: str, run_id: str) -> float:
     return len(keys), time.perf_counter() - began
 
 
+def browse(url: str, experiment: str, hour: str, week: str, repeats: int = 3) -> None:
+    """The system-metrics tab of each run in Chromium, alternated; medians."""
+    import statistics
+    from browser_timing import Browser  # benches/, beside this script
+    from tracking.links import run_link
+    pages = {name: run_link(url, experiment, run).replace("?", "/system-metrics?")
+             for name, run in (("hour", hour), ("week", week))}
+    loads = {name: [] for name in pages}
+    with Browser(width=1400, height=1000) as browser:
+        browser.chart_load(pages["hour"])  # the UI's code into the cache, as a returning user
+        for i in range(repeats):
+            for name in (("hour", "week") if i % 2 == 0 else ("week", "hour")):
+                loads[name].append(browser.chart_load(pages[name]))
+    for name, runs in loads.items():
+        seconds = statistics.median(r.seconds for r in runs)
+        asked = statistics.median(r.first_request_s for r in runs)
+        data = statistics.median(r.seconds - r.first_request_s for r in runs)
+        print(f"Chromium, {name}'s system-metrics tab ({runs[0].requests} charts on screen): drawn "
+              f"{seconds:.2f} s after the page started (runs " + ", ".join(
+                  f"{r.seconds:.2f}" for r in runs) + f"); the UI asked for the first chart's "
+              f"data at {asked:.2f} s and had all of it {data:.2f} s later")
+    week_s, hour_s = (statistics.median(r.seconds for r in loads[n]) for n in ("week", "hour"))
+    print(f"Chromium week / hour: {week_s / hour_s:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="postgres", choices=["postgres", "sqlite"])
     parser.add_argument("--days", type=float, default=7)
+    parser.add_argument("--browser", action="store_true",
+                        help="also time the system-metrics tab in headless Chromium")
     args = parser.parse_args()
     from mlflow import MlflowClient
     from tracking import postgres, server
@@ -104,6 +134,8 @@ def main() -> None:
               f" unbounded: {unbounded}, {unbounded / week_rows:.1f}x more); sent in {fill_s:.0f} s")
         print(f"system-metric charts ({series} series): week {week_load:.2f} s, "
               f"one full-rate hour {hour_load:.2f} s, ratio {week_load / hour_load:.2f}")
+        if args.browser:
+            browse(url, experiment, hour, week)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
