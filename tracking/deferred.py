@@ -22,7 +22,11 @@ WARM_MODULES = ("tracking.report",)  # matplotlib: about 1.5 s of the end of eve
 
 
 class DeferredTracker:
-    def __init__(self, open_run: Callable[[], object], on_open: Callable[[object], None] = None):
+    def __init__(self, open_run: Callable[[], object], on_open: Callable[[object], None] = None,
+                 run_id: Optional[str] = None):
+        # The run's id when the launch created the run: a checkpoint records it without
+        # waiting for the run to open (on a loaded machine that wait was seconds of training).
+        self._known_run_id = run_id
         self._lock = threading.Lock()
         self._calls: Optional[list] = []
         self._real = None
@@ -69,7 +73,7 @@ class DeferredTracker:
 
     @property
     def run_id(self) -> Optional[str]:
-        return self.wait().run_id
+        return self._known_run_id or self.wait().run_id
 
     @property
     def location(self) -> str:

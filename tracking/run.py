@@ -127,7 +127,8 @@ def open_tracker_in_background(spec: JobSpec, ctx, resume_state, derived: Mappin
     if not ctx.is_chief or not spec.tracking.enabled or not enabled:
         return NullTracker()
     from tracking.deferred import DeferredTracker
-    return DeferredTracker(lambda: open_tracker(spec, ctx, resume_state, derived, run_id))
+    return DeferredTracker(lambda: open_tracker(spec, ctx, resume_state, derived, run_id),
+                           run_id=run_id)
 
 
 def launch_uri(spec: JobSpec) -> str:
