@@ -212,6 +212,13 @@ def test_every_tracker_implements_the_one_interface():
     assert [c[0] for c in calls] == ["log_params", "log_metrics", "set_tags", "log_metrics", "finish"]
     assert calls[1][1] == ({"loss": 0.5},) and calls[4][1] == ("FINISHED", "", None)
 
+    # The launch's run id is known before the run opens: a checkpoint reads it without waiting.
+    held = threading.Event()
+    launched = DeferredTracker(lambda: (held.wait(), Recording())[1], run_id="r1")
+    assert launched.run_id == "r1" and not held.is_set()  # answered while the run is still opening
+    held.set()
+    assert launched.wait().run_id == "r1"
+
 
 def test_only_the_senders_calls_are_quick_and_mlflow_keeps_its_retries(tmp_path):
     """A dead server: the sender's batch fails in one try, and the process-wide retry setting
