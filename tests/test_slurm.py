@@ -175,17 +175,13 @@ def test_a_job_submitted_by_a_user_logs_as_that_user(slurm, workdir, pima_csv, t
         info = slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, 300)
         assert info["JobState"] == "COMPLETED", _log(workdir, job_id, "err")[-3000:]
         admin, admin_password = auth.read_credentials(auth.admin_credentials(home))
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = \
-            admin, admin_password
-        try:
+        with auth.as_user(admin, admin_password):
             from mlflow.server import get_app_client
             client = MlflowClient(url)
             experiment = client.get_experiment_by_name("alice-slurm")
             [run] = client.search_runs([experiment.experiment_id])
             owner = get_app_client("basic-auth", tracking_uri=url).get_user_permission(
                 "alice", "experiment", experiment.experiment_id)
-        finally:
-            os.environ.pop("MLFLOW_TRACKING_USERNAME"), os.environ.pop("MLFLOW_TRACKING_PASSWORD")
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.user"] == "alice"
         assert run.data.tags["slurm.job_id"] == job_id and owner.permission == "MANAGE"
         written = [p for p in (workdir / "runs").rglob("*") if p.is_file()]

@@ -13,6 +13,7 @@ It refuses a credentials file other users can read, as ssh refuses such a key.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import secrets
 import stat
@@ -82,16 +83,31 @@ def add_user(home: Path, url: str, username: str, password: Optional[str] = None
                         "runs, as its account (or set HARNESS_TRACKING_HOME)")
     admin, admin_password = read_credentials(admin_file)
     password = password or secrets.token_urlsafe(18)
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = admin, admin_password
     try:
         from mlflow.server import get_app_client
-        get_app_client("basic-auth", tracking_uri=url).create_user(username, password)
+        with as_user(admin, admin_password):
+            get_app_client("basic-auth", tracking_uri=url).create_user(username, password)
     except Exception as e:
         raise UserError(f"user {username!r}: the server at {url} refused "
                         f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME"), os.environ.pop("MLFLOW_TRACKING_PASSWORD")
     return credentials_text(username, password)
+
+
+@contextlib.contextmanager
+def as_user(username: str, password: str):
+    """MLflow's clients in this process speak as ``username`` inside the block (MLflow reads
+    the credentials from the environment on each request), as they did before it after."""
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(zip(names, (username, password)))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def check_credentials_file(path: Path = CREDENTIALS) -> None:

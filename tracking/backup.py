@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -75,8 +74,8 @@ def backup(dest: Path, backend: str, artifacts: Path, home: Path) -> dict:
                 raise UserError(f"{_sqlite_path(backend)}: no tracking database there")
             sqlite_snapshot(_sqlite_path(backend), partial / SQLITE_FILE)
         elif backend.startswith("postgresql"):
-            _run([postgres.tool("pg_dump"), "-Fc", "-f", str(partial / PG_DUMP),
-                  "-d", postgres.libpq_uri(backend)], "pg_dump")
+            postgres.run_tool([postgres.tool("pg_dump"), "-Fc", "-f", str(partial / PG_DUMP),
+                               "-d", postgres.libpq_uri(backend)], "pg_dump")
         else:
             raise UserError(f"--backend {backend}: backups cover sqlite:/// and postgresql:// stores")
         if (home / AUTH_FILE).is_file():
@@ -106,8 +105,8 @@ def restore(src: Path, backend: str, artifacts: Path, home: Path) -> dict:
         if not backend.startswith("postgresql"):
             raise UserError(f"{src}: a PostgreSQL backup; restore it with --store postgres or a "
                             "postgresql:// --backend")
-        _run([postgres.tool("pg_restore"), "--no-owner", "--exit-on-error", "-d",
-              postgres.libpq_uri(backend), str(src / PG_DUMP)], "pg_restore")
+        postgres.run_tool([postgres.tool("pg_restore"), "--no-owner", "--exit-on-error", "-d",
+                           postgres.libpq_uri(backend), str(src / PG_DUMP)], "pg_restore")
     elif backend.startswith("sqlite:///"):
         target = _sqlite_path(backend)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -206,13 +205,6 @@ def _advance_sequences(write, tables) -> None:
                 write.execute(sa.text(
                     f'SELECT setval(:s, COALESCE((SELECT max("{column.name}") FROM "{table.name}"), 0) + 1, false)'),
                     {"s": sequence})
-
-
-def _run(cmd: list, what: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"{what} failed: {tail[0][:300]}")
 
 
 def _mlflow_version() -> str:

@@ -51,6 +51,14 @@ def _as_owner() -> list[str]:
 ROOT_CLUSTERS = Path("/var/lib/postgresql/lars-harness")
 
 
+def run_tool(cmd: list, what: str, hint: str = "") -> None:
+    """Run a PostgreSQL tool; when it fails, one line: what failed and its last words."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"{what} failed: {tail[0][:300]}{hint}")
+
+
 def cluster_root(home: Path) -> Path:
     """Where the tracking home's cluster lives (see the module's docstring)."""
     home = Path(home).resolve()
@@ -89,10 +97,7 @@ class Cluster:
                               capture_output=True).returncode == 0
 
     def _run(self, *cmd: str, what: str) -> None:
-        done = subprocess.run(list(cmd), capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"{what} failed ({tail[0]}); see {self.log}")
+        run_tool(list(cmd), what, f"; see {self.log}")
 
     def init(self) -> None:
         """A new cluster: trust on its own socket (a folder only its owner enters), no TCP."""
