@@ -94,3 +94,24 @@ def test_an_array_task_trains_the_point_its_index_names():
     assert point_index(None, SlurmEnvironment(), 1) == 0
     with pytest.raises(UserError, match="SLURM_ARRAY_TASK_ID"):
         point_index(None, SlurmEnvironment(), 4)
+
+
+def test_rank_0_waits_for_the_run_the_launcher_writes_into_the_manifest(tmp_path, pima_csv):
+    """`harness run` creates its run while the processes start; rank 0's tracking thread reads
+    the id from the manifest once the launcher has written it there."""
+    import threading
+
+    from harness.runtime import launches
+    spec = load_spec(_copy_job(tmp_path), [f"data.csv={pima_csv}"])
+    launch = manifest.write(_launch(spec, verb="run", options={launches.RUN_PENDING: True}),
+                            tmp_path / "pending")
+    assert manifest.run_id_of(launch.path) is None
+    found = []
+    waiter = threading.Thread(target=lambda: found.append(launches.wait_for_run(launch.path)))
+    waiter.start()
+    manifest.write(manifest.with_run_ids(launch, {0: "r9"}), launch.path.parent)
+    waiter.join(timeout=60)
+    assert found == ["r9"] and manifest.read(launch.path).point(0).run_id == "r9"
+    with pytest.raises(RuntimeError, match="wrote no run id within"):
+        launches.wait_for_run(manifest.write(_launch(spec, verb="run"), tmp_path / "none").path,
+                              timeout_s=0.5)

@@ -218,6 +218,10 @@ def test_every_tracker_implements_the_one_interface():
     assert launched.run_id == "r1" and not held.is_set()  # answered while the run is still opening
     held.set()
     assert launched.wait().run_id == "r1"
+    coming = threading.Event()
+    pending = DeferredTracker(lambda: (coming.wait(), Recording())[1], run_id_of=lambda: "r1")
+    assert pending.run_id == "r1" and not coming.is_set()  # read where the launcher writes it
+    coming.set()
 
 
 def test_only_the_senders_calls_are_quick_and_mlflow_keeps_its_retries(tmp_path):

@@ -23,10 +23,11 @@ WARM_MODULES = ("tracking.report",)  # matplotlib: about 1.5 s of the end of eve
 
 class DeferredTracker:
     def __init__(self, open_run: Callable[[], object], on_open: Callable[[object], None] = None,
-                 run_id: Optional[str] = None):
-        # The run's id when the launch created the run: a checkpoint records it without
-        # waiting for the run to open (on a loaded machine that wait was seconds of training).
-        self._known_run_id = run_id
+                 run_id: Optional[str] = None, run_id_of: Optional[Callable[[], str]] = None):
+        # The run's id when the launch created the run (``run_id``), or where to read it
+        # (``run_id_of``: the launcher is creating it): a checkpoint records it without waiting
+        # for the run to open (on a loaded machine that wait was seconds of training).
+        self._known_run_id, self._run_id_of = run_id, run_id_of
         self._lock = threading.Lock()
         self._calls: Optional[list] = []
         self._real = None
@@ -73,6 +74,8 @@ class DeferredTracker:
 
     @property
     def run_id(self) -> Optional[str]:
+        if self._known_run_id is None and self._run_id_of is not None:
+            self._known_run_id = self._run_id_of()
         return self._known_run_id or self.wait().run_id
 
     @property

@@ -5,7 +5,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import yaml
 
@@ -121,14 +121,19 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
 
 
 def open_tracker_in_background(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
-                               run_id: Optional[str] = None, enabled: bool = True) -> object:
+                               run_id: Optional[str] = None, enabled: bool = True,
+                               run_to_come: Optional[Callable[[], str]] = None) -> object:
     """``open_tracker`` on a thread (rank 0): training starts while the run opens; see
-    tracking/deferred.py.  ``enabled`` False: the launch decided to train without tracking."""
+    tracking/deferred.py.  ``enabled`` False: the launch decided to train without tracking.
+    ``run_to_come``: waits for the id of the run the launcher is creating."""
     if not ctx.is_chief or not spec.tracking.enabled or not enabled:
         return NullTracker()
     from tracking.deferred import DeferredTracker
-    return DeferredTracker(lambda: open_tracker(spec, ctx, resume_state, derived, run_id),
-                           run_id=run_id)
+
+    def open_run():
+        return open_tracker(spec, ctx, resume_state, derived, run_id or (
+            run_to_come() if run_to_come else None))
+    return DeferredTracker(open_run, run_id=run_id, run_id_of=run_to_come)
 
 
 def launch_uri(spec: JobSpec) -> str:

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from harness import engines
 from harness.engines import python_for
@@ -101,19 +101,34 @@ def relay(line: str, report: FailureReport, out=None) -> None:
 
 
 def launch(manifest: Manifest, index: int = 0, extra_env: Optional[dict] = None) -> int:
-    """Train point ``index`` of a written manifest on this machine; its exit code."""
+    """Train point ``index`` of a written manifest on this machine; its exit code.  A run the
+    launch left to create (``launches.RUN_PENDING``) is created while the processes start."""
+    from harness.runtime.launches import RUN_PENDING, PendingRun
     point = manifest.point(index)
     worker = worker_command(python_for(manifest.engine), str(manifest.path), index)
-    run = (point.run_id, manifest.tracking_uri) if point.run_id else None
+    if point.run_id is None and manifest.options.get(RUN_PENDING):
+        pending = PendingRun(manifest, index)
+        run = RunOf(lambda: pending.result(), manifest.tracking_uri, lambda: pending.error)
+    else:
+        run = RunOf(lambda: point.run_id, manifest.tracking_uri) if point.run_id else None
     return run_processes(manifest.layout_of(index).processes, worker, extra_env=extra_env,
                          engine=manifest.engine, run=run)
 
 
+@dataclass(frozen=True)
+class RunOf:
+    """The MLflow run a launch reports to: its id when asked (it may still be being created),
+    and what went wrong creating it (the supervisor then stops the processes)."""
+    run_id: Callable[[], Optional[str]]
+    uri: str
+    error: Callable[[], Optional[BaseException]] = lambda: None
+
+
 def run_processes(processes: int, worker: list[str], controller: str = "gloo",
                   extra_env: Optional[dict] = None, engine: str = engines.DEFAULT,
-                  run: Optional[tuple] = None) -> int:
+                  run: Optional[RunOf] = None) -> int:
     """Run the job; return its exit code (0, 1 for a failed run, 130 when interrupted).
-    ``run`` (run id, tracking URI): the MLflow run that is told which rank failed first."""
+    ``run``: the MLflow run that is told which rank failed first."""
     env = dict(worker_env(), **(extra_env or {}))
     if engines.info(engine).local_join == "tf_config" and processes > 1:
         children = [Child(worker, worker_envs, rank)
@@ -169,7 +184,7 @@ class Supervisor:
         self.failed_at: Optional[float] = None
         self.failed_code: Optional[int] = None
 
-    def run(self, run: Optional[tuple]) -> int:
+    def run(self, run: Optional[RunOf]) -> int:
         procs = [subprocess.Popen(c.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, env=c.env, start_new_session=True, bufsize=1)
                  for c in self.children]
@@ -177,7 +192,7 @@ class Supervisor:
         for i, proc in enumerate(procs):
             threading.Thread(target=_pump, args=(i, proc, lines), daemon=True).start()
         try:
-            stopped_s = self._watch(procs, lines)
+            stopped_s = self._watch(procs, lines, run.error if run else lambda: None)
             if self.report.refusal:  # held back from the relay: said once, on stderr, always
                 print(self.report.refusal, file=sys.stderr, flush=True)
         except KeyboardInterrupt:
@@ -196,10 +211,15 @@ class Supervisor:
         record_first_failure(run, reason, self.report.rank)
         return 1
 
-    def _watch(self, procs: list, lines: queue.Queue) -> float:
-        """Relay lines until every child has ended; seconds from the first failure to the end."""
+    def _watch(self, procs: list, lines: queue.Queue, run_error: Callable) -> float:
+        """Relay lines until every child has ended; seconds from the first failure to the end.
+        When creating the run failed (``run_error``), stop them all and raise that."""
         open_streams, stopped_s = len(procs), 0.0
         while open_streams or any(p.poll() is None for p in procs):
+            error = run_error()
+            if error is not None:
+                _terminate_all(procs, grace_s=STOP_GRACE_S)
+                raise error
             try:
                 child, line = lines.get(timeout=0.1)
                 if line is None:
@@ -268,12 +288,12 @@ def _terminate_all(procs: list, grace_s: float) -> None:
             _signal_group(proc, signal.SIGKILL)
 
 
-def record_first_failure(run: Optional[tuple], reason: str, rank: Optional[int]) -> None:
+def record_first_failure(run: Optional[RunOf], reason: str, rank: Optional[int]) -> None:
     """The run says which rank failed first, where and how (not rank 0's later error)."""
     if run is None:
         return  # tracking is off for this launch
     from tracking.run import mark_failed
-    mark_failed(run[0], run[1], reason, rank)
+    mark_failed(run.run_id(), run.uri, reason, rank)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""Writing a launch: the run created, the manifest written, before any process starts.
+"""Writing a launch: the manifest written before any process starts, and its run (created
+first for a batch job; for ``harness run``, by the launcher while the processes start).
 
 ``run`` (``local``), ``render`` and ``submit`` (``render_batch`` / ``submit_batch``) write their
 launches here; sweeps and scaling runs write one manifest for their group (harness/group/).  A launch folder is
@@ -8,6 +9,8 @@ same script.
 """
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -27,15 +30,61 @@ def launch_folder(spec: JobSpec, launch: Manifest) -> Path:
 def local(spec: JobSpec, processes: int, resume: bool, run_id: Optional[str] = None,
           uri: Optional[str] = None) -> Manifest:
     """``harness run``: a written manifest for ``processes`` local processes and its run
-    (``run_id``, the resumed one, else a new one).  ``uri``: where tracking goes, if the caller
-    has already asked (``tracking.run.launch_uri``)."""
-    from tracking.run import create_job_run, launch_uri
+    (``run_id``, the resumed one; else the launcher creates one while the processes start: the
+    manifest says so, ``RUN_PENDING``).  ``uri``: where tracking goes, if the caller has
+    already asked (``tracking.run.launch_uri``)."""
+    from tracking.run import launch_uri
     uri = launch_uri(spec) if uri is None else uri
-    if uri and run_id is None:
-        run_id = create_job_run(spec, "LOCAL", "RUNNING")
+    pending = {RUN_PENDING: True} if uri and run_id is None else {}
     launch = launch_manifest.new("run", [Point(0, spec, run_id if uri else None)],
-                                 Layout(processes), uri, resume)
+                                 Layout(processes), uri, resume, options=pending)
     return launch_manifest.write(launch, launch_folder(spec, launch))
+
+
+# A launch whose run the launcher creates while its processes start: creating it imports
+# MLflow and its SQL store, seconds of CPU that used to come before the first process started.
+RUN_PENDING = "run_created_while_starting"
+RUN_WAIT_S = 600.0  # rank 0 waits this long for the launcher's run before it gives up on it
+
+
+class PendingRun:
+    """The launch's run, created on a thread of the launcher; once it exists its id is written
+    into the manifest, where rank 0 (``wait_for_run``) reads it."""
+
+    def __init__(self, launch: Manifest, index: int = 0):
+        self.launch, self.index = launch, index
+        self.run_id: Optional[str] = None
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._create, name="create-run", daemon=True)
+        self._thread.start()
+
+    def _create(self) -> None:
+        from tracking.run import create_job_run
+        try:
+            run_id = create_job_run(self.launch.point(self.index).spec, "LOCAL", "RUNNING")
+            launch_manifest.write(launch_manifest.with_run_ids(self.launch, {self.index: run_id}),
+                                  self.launch.path.parent)
+            self.run_id = run_id
+        except BaseException as e:  # the supervisor stops the processes and says why
+            self.error = e
+
+    def result(self) -> Optional[str]:
+        """The run's id once it exists; raises what creating it raised."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.run_id
+
+
+def wait_for_run(path: Path, index: int = 0, timeout_s: float = RUN_WAIT_S) -> str:
+    """Rank 0, on its tracking thread: the run id the launcher writes into the manifest."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run_id = launch_manifest.run_id_of(path, index)
+        if run_id:
+            return run_id
+        time.sleep(0.2)
+    raise RuntimeError(f"{path}: the launcher wrote no run id within {timeout_s:.0f} s")
 
 
 def batch_uri(spec: JobSpec) -> str:

@@ -8,7 +8,7 @@ from types import ModuleType
 
 from harness import engines
 from harness.errors import RunFailed
-from harness.runtime import checkpoint, collectives, node_telemetry, overfitting, trainer
+from harness.runtime import checkpoint, collectives, launches, node_telemetry, overfitting, trainer
 from harness.runtime.distributed import init_process
 from harness.runtime.lr import scaled_rate
 from harness.spec import manifest as launch_manifest
@@ -32,13 +32,16 @@ def run_training(launch: Manifest, point: Point, job: ModuleType) -> int:
     if ctx.is_chief:
         where = f"resuming at epoch {state.epoch + 1}" if state else "starting at epoch 1"
         print(f"{spec.name}: {ctx.size} process(es) on {ctx.device}, {where}", flush=True)
-    # The launch created the run; a script sbatch-ed by hand (no run yet) continues the one its
+    # The launch created the run, or its launcher is creating it now (rank 0's tracking thread
+    # waits for the id); a script sbatch-ed by hand (no run yet) continues the one its
     # checkpoint names on a requeue.
     run_id = point.run_id or (state.run_id if state else None)
+    pending = run_id is None and bool(launch.options.get(launches.RUN_PENDING))
     # Rank 0 opens the MLflow run on a thread while training starts (seconds of MLflow import
     # and store checks no rank waits for); calls made meanwhile are replayed into it.
-    tracker = open_tracker_in_background(spec, ctx, state, derived_params(spec, ctx), run_id,
-                                         enabled=bool(launch.tracking_uri))
+    tracker = open_tracker_in_background(
+        spec, ctx, state, derived_params(spec, ctx), run_id, enabled=bool(launch.tracking_uri),
+        run_to_come=(lambda: launches.wait_for_run(launch.path, point.index)) if pending else None)
     record_job_file(launch, ctx, tracker)
     check_requeue_cap(ctx, tracker)
     # Other nodes' telemetry writes into the run by its id; without one from the launch, a

@@ -154,6 +154,15 @@ def with_run_ids(m: Manifest, run_ids: dict) -> Manifest:
     return dataclasses.replace(m, points=points)
 
 
+def run_id_of(path: Path, index: int = 0) -> Optional[str]:
+    """Point ``index``'s run id as written now (a quick read for polling; None when none yet)."""
+    try:
+        points = json.loads(Path(path).read_text())["points"]
+    except (OSError, ValueError, KeyError):
+        return None  # not written yet or being replaced: ask again
+    return next((p.get("run_id") for p in points if p.get("index") == index), None)
+
+
 def read(path: Path) -> Manifest:
     """The manifest at ``path``; its specs are built and checked again (a data file that has
     gone since launch is a one-line error, not a traceback in every rank)."""
