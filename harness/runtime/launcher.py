@@ -108,7 +108,7 @@ def launch(manifest: Manifest, index: int = 0, extra_env: Optional[dict] = None)
     worker = worker_command(python_for(manifest.engine), str(manifest.path), index)
     if point.run_id is None and manifest.options.get(RUN_PENDING):
         pending = PendingRun(manifest, index)
-        run = RunOf(lambda: pending.result(), manifest.tracking_uri, lambda: pending.error)
+        run = RunOf(pending.result, manifest.tracking_uri, lambda: pending.error)
     else:
         run = RunOf(lambda: point.run_id, manifest.tracking_uri) if point.run_id else None
     return run_processes(manifest.layout_of(index).processes, worker, extra_env=extra_env,

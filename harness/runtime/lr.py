@@ -20,9 +20,6 @@ def scaled_rate(base: float, rule: str, processes: int) -> float:
     return base * factor[rule]
 
 
-DECAYS = ("none", "cosine")
-
-
 def rate_at(progress_epochs: float, base: float, target: float, warmup_epochs: float,
             decay: str = "none", epochs: float = 0.0) -> float:
     """Rate after ``progress_epochs`` epochs (fractional): linear ramp base -> target, then

@@ -132,7 +132,8 @@ class Verdict:
                     f"best epoch {self.best_epoch}")
         if self.kind == "plateau":
             return (f"plateau since epoch {self.onset_epoch}: val_loss has not improved beyond "
-                    f"its noise for {self.epochs_since_best} epochs and stays within {self.gl_percent:.1f}% of its "
+                    f"its noise for {self.epochs_since_best} epochs and stays within "
+                    f"{self.gl_percent:.1f}% of its "
                     f"best while {fell}; best epoch {self.best_epoch}")
         return (f"no overfitting seen: val_loss still improving (best epoch {self.best_epoch}, "
                 f"{self.epochs_since_best} epoch(s) ago)")

@@ -25,7 +25,7 @@ from harness.errors import UserError
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
 MIXED_PRECISION_MIN_CC = (7, 0)  # tensor cores from Volta on; Pascal runs float16 at 1/64 rate
 LR_SCALINGS = ("linear", "sqrt", "none")
-DECAYS = ("none", "cosine")  # harness.runtime.lr.rate_at knows each
+DECAYS = ("none", "cosine")  # the rate schedules harness.runtime.lr.rate_at follows
 
 
 class FieldError(ValueError):

@@ -89,7 +89,7 @@ class Retention:
 
     def _window_of(self, age: float) -> tuple[float, float]:
         """(start, length) of the window a sample ``age`` seconds into the job falls in."""
-        coarse_from = max(COARSER_AFTER_S, self.full_rate_s)
+        coarse_from = _coarse_from(self.full_rate_s)
         origin, length = ((self.full_rate_s, self.window_s) if age < coarse_from
                           else (coarse_from, self.window_s * COARSER_FACTOR))
         return origin + math.floor((age - origin) / length) * length, length
@@ -98,7 +98,7 @@ class Retention:
         if not self._counts:
             return
         origin, length = self._window
-        coarse_from = max(COARSER_AFTER_S, self.full_rate_s)
+        coarse_from = _coarse_from(self.full_rate_s)
         end = self.start + (min(origin + length, coarse_from) if origin < coarse_from
                             else origin + length)
         reduced = {}
@@ -122,6 +122,11 @@ class Retention:
         return self.archive_path
 
 
+def _coarse_from(full_rate_s: float) -> float:
+    """Seconds into the job after which windows are ten times as long."""
+    return max(COARSER_AFTER_S, full_rate_s)
+
+
 def _hold(kind: str, held: Optional[float], value: float) -> Optional[float]:
     """What a window keeps of ``kind``'s readings besides their sum, after ``value``."""
     if kind == "gauge":
@@ -133,7 +138,7 @@ def _hold(kind: str, held: Optional[float], value: float) -> Optional[float]:
 
 def rows_bound(seconds: float, interval_s: float, full_rate_s: float, window_s: float) -> int:
     """The most rows one gauge (with its maximum) can put in the store over ``seconds``."""
-    coarse_from = max(COARSER_AFTER_S, full_rate_s)
+    coarse_from = _coarse_from(full_rate_s)
     full = min(seconds, full_rate_s) / interval_s + 1
     fine = max(0.0, min(seconds, coarse_from) - full_rate_s) / window_s + 1
     coarse = max(0.0, seconds - coarse_from) / (window_s * COARSER_FACTOR) + 1
