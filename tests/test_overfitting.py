@@ -66,6 +66,20 @@ def test_a_slow_steady_decline_below_the_noise_is_still_improving():
     assert verdict.best_epoch == 20
 
 
+# The same tier with the cropped CNN, 30 epochs: val_loss falls 0.332 -> 0.283 from epoch 11 to
+# 29 by steps smaller than twice its noise, then is flat for the last ten epochs of the cosine.
+LENS_VAL_30 = [0.6274, 0.5225, 0.4813, 0.4205, 0.4152, 0.3808, 0.4290, 0.3572, 0.3500, 0.3366,
+               0.3324, 0.3263, 0.3319, 0.3158, 0.3129, 0.3044, 0.3060, 0.3007, 0.3070, 0.2923,
+               0.2889, 0.2847, 0.2879, 0.2891, 0.2844, 0.2832, 0.2849, 0.2832, 0.2830, 0.2830]
+
+
+def test_a_plateau_is_dated_from_where_the_curve_stopped_falling_not_from_its_last_big_step():
+    loss = list(np.linspace(0.65, 0.21, len(LENS_VAL_30)))
+    verdict = overfitting.judge(_history(LENS_VAL_30, loss), patience=5)
+    assert verdict.kind == "plateau", verdict.text()
+    assert verdict.onset_epoch >= 20, verdict.text()  # it fell 0.05 after epoch 11
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_noisy_linear_decline_is_not_a_plateau(seed):
     rng = np.random.default_rng(seed)

@@ -83,14 +83,26 @@ def noise_level(history: Sequence[dict]) -> float:
 
 
 def last_real_improvement(history: Sequence[dict]) -> Optional[int]:
-    """The last epoch that beat every earlier val_loss by more than twice the noise."""
+    """The epoch before the plateau: the last one after which val_loss, however long one waits,
+    never gets more than twice the noise below the best it had reached by then.
+
+    Judged against the best reached before, not the last epoch's value: a curve that falls a
+    little less than the noise each epoch still improves beyond the noise over many (a run
+    whose val_loss fell from 0.332 to 0.283 over 18 such epochs was called a plateau from the
+    first of them)."""
+    val = [h["val_loss"] for h in history]
+    if not val:
+        return None
     tolerance = 2 * noise_level(history)
-    last, best_value = None, float("inf")
-    for i, h in enumerate(history):
-        if h["val_loss"] < best_value - tolerance:
-            last = i
-        best_value = min(best_value, h["val_loss"])
-    return last
+    later_best = val[:]
+    for i in range(len(val) - 2, -1, -1):
+        later_best[i] = min(val[i], later_best[i + 1])
+    best_so_far = val[0]
+    for p in range(1, len(val)):
+        if later_best[p] >= best_so_far - tolerance:
+            return p - 1
+        best_so_far = min(best_so_far, val[p])
+    return len(val) - 1
 
 
 def still_falling(history: Sequence[dict], window: int) -> bool:
