@@ -56,7 +56,7 @@ LENS_SAMPLES, LIGHT_SAMPLES = 4, 2  # sub-pixel samples per pixel side
 PSF_SIZE = 25  # pixels
 INFO_FIELDS = ("kind", "einstein_radius", "arc_snr", "magnification", "seeing_g", "seeing_r",
                "seeing_i", "exposures_r")
-VERSION = 5  # bump when the physics changes, so old caches are not reused
+VERSION = 6  # bump when the physics changes, so old caches are not reused
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ import numpy as np
 LENS = "lens"
 # Non-lens kinds and their shares: at least half are the hard cases (everything but "elliptical").
 NONLENS_KINDS = {
-    "elliptical": 0.40,        # a lens galaxy without a source behind it
+    "elliptical": 0.32,        # a lens galaxy without a source behind it
+    "blue_core": 0.08,         # an elliptical with a blue nucleus or circumnuclear knots
     "blue_companion": 0.15,    # an elliptical with unlensed blue neighbours, some arc-like
     "spiral": 0.12,            # face-on, with blue arms and knots
     "ring": 0.08,              # collisional or polar-ring galaxy: a ring with no lensing mass
@@ -131,6 +132,23 @@ def blue_companion(rng) -> list:
     return parts
 
 
+def blue_core(rng) -> list:
+    """An elliptical with a blue star-forming (or active) nucleus, half of them with a ring of
+    blue knots within an arcsecond: under the seeing, what a lens with an Einstein radius below
+    the seeing looks like.  Real searches lose small-radius lenses among these."""
+    light, _ = elliptical(rng)
+    parts = [light, component("gaussian", light["mag_r"] + rng.uniform(1.5, 3.5), colours(rng, BLUE),
+                              x=float(rng.normal(0, 0.1)), y=float(rng.normal(0, 0.1)),
+                              sigma=rng.uniform(0.05, 0.3), q=rng.uniform(0.5, 1.0), phi=angle(rng))]
+    if rng.random() < 0.5:
+        radius = rng.uniform(0.3, 1.0)
+        for a in rng.uniform(0, 2 * np.pi, rng.integers(2, 5)):
+            parts.append(component("gaussian", light["mag_r"] + rng.uniform(3.0, 4.5),
+                                   colours(rng, BLUE), x=radius * np.cos(a), y=radius * np.sin(a),
+                                   sigma=rng.uniform(0.04, 0.1), q=1.0, phi=0.0))
+    return parts
+
+
 def spiral(rng) -> list:
     scale = rng.uniform(0.5, 1.5)
     geometry = {"x": 0.0, "y": 0.0, "q": rng.uniform(0.75, 1.0), "phi": angle(rng)}
@@ -198,8 +216,8 @@ def group(rng) -> list:
     return members
 
 
-HARD = {"blue_companion": blue_companion, "spiral": spiral, "ring": ring, "merger": merger,
-        "edge_on": edge_on, "group": group}
+HARD = {"blue_companion": blue_companion, "blue_core": blue_core, "spiral": spiral, "ring": ring,
+        "merger": merger, "edge_on": edge_on, "group": group}
 
 
 # ----------------------------------------------------------------------------- the field

@@ -171,3 +171,37 @@ def test_the_gpu_tier_spec_loads_and_its_resnet_builds():
     model = lensfinder_cnn.build_model(spec.data)
     assert model.output_shape == (None, 1)
     assert sum(type(layer).__name__ == "Add" for layer in model.layers) == 8  # 4 stages x 2 blocks
+
+
+def test_a_bright_star_at_the_edge_does_not_set_the_stretch():
+    from jobs import lensfinder_cnn
+    galaxy = np.zeros((1, 48, 48, 3), np.float32)
+    galaxy[0, 20:28, 20:28] = 1.0  # the candidate, in the central third
+    with_star = galaxy.copy()
+    with_star[0, 2:5, 2:5] = 50.0  # a field star fifty times brighter, in a corner
+    plain, starred = lensfinder_cnn.normalise(galaxy), lensfinder_cnn.normalise(with_star)
+    np.testing.assert_allclose(starred[0, 16:32, 16:32], plain[0, 16:32, 16:32])
+    assert plain[0, 24, 24, 1] == pytest.approx(np.arcsinh(5.0), rel=1e-5)
+
+
+def test_test_scores_are_the_mean_over_the_four_mirror_images():
+    from jobs import lensfinder_cnn
+
+    class TopLeftPixel:  # a "model" that scores an image by its top-left pixel
+        def predict(self, images, batch_size, verbose):
+            return images[:, 0, 0, 0:1]
+
+    images = np.zeros((2, 4, 4, 1), np.float32)
+    images[0, 0, 0], images[0, 3, 0], images[0, 0, 3], images[0, 3, 3] = 1.0, 2.0, 3.0, 6.0
+    images[1, 3, 3] = 8.0
+    scores = lensfinder_cnn.flip_averaged_scores(TopLeftPixel(), images)
+    np.testing.assert_allclose(scores, [(1 + 2 + 3 + 6) / 4, 8 / 4])
+
+
+def test_the_small_cnn_looks_at_the_central_32_pixels():
+    from harness.spec.loader import load_spec
+    from jobs import lensfinder_cnn
+    spec = load_spec(__import__("conftest").REPO / "jobs" / "lensfinder_2core.yaml")
+    model = lensfinder_cnn.build_model(spec.data)
+    crop = next(layer for layer in model.layers if type(layer).__name__ == "CenterCrop")
+    assert crop.output_shape[1:3] == (32, 32) and model.output_shape == (None, 1)
