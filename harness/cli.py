@@ -1,7 +1,7 @@
 """The ``harness`` command.  Its flag set is pinned by tests/test_cli_flags.py.
 
 Exit codes: 0 success; 2 bad input (one line on stderr, no traceback, nothing
-written); 1 a run that failed; 130 interrupted.
+written); 1 a run that failed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 

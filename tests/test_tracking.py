@@ -116,10 +116,17 @@ def test_outage_that_ends_in_the_final_flush_is_reported_once(tmp_path_factory):
         srv.stop()
 
 
-def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv, mlflow_server):
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_kill_marks_the_run_killed_stops_every_rank_and_keeps_the_checkpoint(
+        workdir, pima_csv, mlflow_server, signum, code):
+    """Ctrl-C in the terminal (SIGINT) or a plain ``kill`` (SIGTERM) of ``harness run``: the run
+    is KILLED with every finished epoch's metrics, the checkpoint is kept, and horovodrun and
+    its ranks (in a session of their own, so no terminal signal reaches them) are gone too."""
     import os
     import signal
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "t-ctrl-c"}
+    import psutil
+    experiment = f"t-signal-{signum}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": experiment}
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", str(SPEC), "--np", "2", "--set", f"data.csv={pima_csv}",
          "--set", "training.epochs=1000", "--set", "checkpoint.every_epochs=1"],
@@ -129,9 +136,11 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
-            if re.search(r"epoch +3/1000", line):
+            if re.search(r"epoch +3/1000", line):  # 1000 epochs: still training when signalled
                 break
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to the launcher
+        children = psutil.Process(proc.pid).children(recursive=True)  # horovodrun and the ranks
+        assert len(children) >= 3
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:  # SIGKILL would orphan horovodrun's ranks (their own session)
@@ -140,9 +149,14 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(workdir, pima_csv,
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    assert proc.returncode == 130, out[-2000:]
+    assert proc.returncode == code, out[-2000:]
+    _, alive = psutil.wait_procs(children, timeout=60)  # the launcher waited for horovodrun
+    left = [" ".join(p.cmdline()[:4]) for p in alive]
+    for orphan in alive:  # not to leak into the tests that follow
+        orphan.kill()
+    assert not left, left
     client = MlflowClient(mlflow_server.url)
-    run = _only_run(client, "t-ctrl-c")
+    run = _only_run(client, experiment)
     assert run.info.status == "KILLED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
     assert steps[:3] == [0, 1, 2] and len(steps) == len(set(steps))

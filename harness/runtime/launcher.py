@@ -9,6 +9,7 @@ as one fails, handles Ctrl-C, and says in one line which rank failed first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -176,7 +177,8 @@ class Supervisor:
     """The one local supervisor, for both engines: it starts the children, relays their lines
     (rank 0's as they are, others' prefixed ``[rank N]``), and when one fails stops the rest
     (SIGTERM, SIGKILL after STOP_GRACE_S: a rank blocked in a collective with a dead peer ignores
-    SIGTERM) and says in one line which rank failed first.  Ctrl-C stops them all."""
+    SIGTERM) and says in one line which rank failed first.  Ctrl-C, or SIGTERM to the
+    supervisor, stops them all."""
 
     def __init__(self, children: list[Child]):
         self.children = children
@@ -191,14 +193,16 @@ class Supervisor:
         lines: queue.Queue = queue.Queue()
         for i, proc in enumerate(procs):
             threading.Thread(target=_pump, args=(i, proc, lines), daemon=True).start()
-        try:
-            stopped_s = self._watch(procs, lines, run.error if run else lambda: None)
-            if self.report.refusal:  # held back from the relay: said once, on stderr, always
-                print(self.report.refusal, file=sys.stderr, flush=True)
-        except KeyboardInterrupt:
-            _terminate_all(procs, grace_s=INTERRUPT_GRACE_S)
-            print("interrupted: the run is marked KILLED; resume with --resume", file=sys.stderr)
-            return 130
+        with sigterm_as_interrupt():
+            try:
+                stopped_s = self._watch(procs, lines, run.error if run else lambda: None)
+                if self.report.refusal:  # held back from the relay: said once, on stderr
+                    print(self.report.refusal, file=sys.stderr, flush=True)
+            except KeyboardInterrupt as stop:
+                _terminate_all(procs, grace_s=INTERRUPT_GRACE_S)
+                how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+                print(f"{how}: the run is marked KILLED; resume with --resume", file=sys.stderr)
+                return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
         if self.failed_at is None:
             return 0
         code = self.report.code if self.report.code is not None else self.failed_code
@@ -262,6 +266,33 @@ class Supervisor:
                 if proc.poll() is None:
                     _signal_group(proc, signal.SIGKILL)
         return 0.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the supervisor, handled as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the children run, SIGTERM (a plain ``kill``, a machine shutting down) raises
+    Terminated in the main thread, once: the children, in sessions of their own, are stopped
+    with the run marked KILLED instead of being left running when the supervisor dies.  A second
+    SIGTERM while they are being stopped is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen = []
+
+    def on_sigterm(signum, frame):
+        if not seen:
+            seen.append(signum)
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pump(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
