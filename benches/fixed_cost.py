@@ -2,6 +2,7 @@
 """A job's fixed cost: whole-process time of `harness run` against a bare Horovod Keras script.
 
     .venv/bin/python benches/fixed_cost.py [--repeats 4] [--epochs 6] [--limit 12000] [--np 2]
+                                           [--split]
 
 The job is the lecture's MNIST MLP (2 processes, batch 128, RMSprop) on a random file in
 mnist.npz format (12,000 training images, no download).  The bare script
@@ -35,7 +36,10 @@ def commands(args, data: Path) -> dict:
                "--np", str(args.np), "--set", f"data.path={data}", "--set", f"data.limit={args.limit}",
                "--set", f"training.epochs={args.epochs}", "--set", "training.warmup_epochs=0"]
     quiet = harness + ["--set", "tracking.enabled=false", "--set", "telemetry.enabled=false"]
-    return {"bare": bare, "harness": harness, "harness, tracking+telemetry off": quiet}
+    variants = {"bare": bare, "harness": harness, "harness, tracking+telemetry off": quiet}
+    if args.split:  # which of the two costs what
+        variants["harness, telemetry off"] = harness + ["--set", "telemetry.enabled=false"]
+    return variants
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -57,6 +61,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--limit", type=int, default=12000)
     p.add_argument("--np", type=int, default=2, help="processes (1 leaves a core free here)")
+    p.add_argument("--split", action="store_true",
+                   help="a fourth variant: tracking on, telemetry off")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "mnist.npz"

@@ -146,7 +146,10 @@ def test_prediction_follows_a_network_shaped_to_a_known_rate(two_nodes, workdir)
         assert re.search(r"^recommendation: .+", out, re.M)
     assert f"run {one.info.run_id[:8]}, median of 3 epoch(s)" in shaped  # the earlier N=1
     busbw = float(re.search(r"N=2: step .* at ([\d.]+) GB/s bus bandwidth", shaped).group(1))
-    assert 0.5 * 0.00625 < busbw < 1.05 * 0.00625, busbw  # 50 Mbit/s = 6.25 MB/s, as shaped
+    # 50 Mbit/s = 6.25 MB/s, as shaped; the token bucket lets its 256 kB burst through at line
+    # rate, so a measurement over a few MB may come out a little above the rate (0.0066-0.0075
+    # printed as 0.007 once, when the line had three decimals)
+    assert 0.5 * 0.00625 < busbw < 1.2 * 0.00625, busbw
     # The scenario's premise, not the harness's claim: 50 Mbit/s makes the allreduce of the
     # stand-in's ~1.2 MB of gradients (~190 ms) about four times its compute (40 ms idle plus the
     # host's own few ms), so the factor of two below holds on a machine twice as slow.  At 100

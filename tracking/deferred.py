@@ -1,4 +1,5 @@
-"""A Tracker whose MLflow run opens in the background while training starts.
+"""A Tracker whose MLflow run opens in the background while training starts (batch jobs, and a
+script run by hand; a local launch journals instead, tracking/journal.py).
 
 Opening a run costs rank 0 seconds before its first step: importing MLflow (3 s here), opening
 or creating the SQLite store (2 to 4 s: MLflow checks or migrates the schema), the parameters,

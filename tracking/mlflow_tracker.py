@@ -251,8 +251,10 @@ class MlflowTracker:
         except Exception as e:  # tags are descriptive: never fail training for them
             print(f"tracking: could not set tags ({type(e).__name__}); continuing", flush=True)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, metrics: Mapping[str, float], step: int,
+                    timestamp_s: Optional[float] = None) -> None:
+        """Queued for the sender, stamped now (or at ``timestamp_s``: a journaled call)."""
+        now = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
         for key, value in metrics.items():
             if step <= self.already_logged.get(key, -1):
                 continue  # logged before a crash or preemption: each step appears once
@@ -340,11 +342,6 @@ class MlflowTracker:
             path = Path(tmp) / "model.keras"
             model.save(path)
             self.log_artifact(path, "model")
-
-    def backfill(self, history) -> None:
-        """Log checkpointed epochs whose metrics never reached MLflow (queued when a crash hit)."""
-        for entry in history:
-            self.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
 
     def close(self, flush_s: float = FINAL_FLUSH_S) -> None:
         """Send what is queued; what cannot be sent goes to the fallback file, and a line says so."""

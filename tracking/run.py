@@ -12,6 +12,7 @@ import yaml
 from harness.errors import UserError
 from harness.spec.schema import JobSpec, describe, flatten
 from tracking import provenance
+from tracking.journal import JOURNAL_ENV
 from tracking.tracker import NullTracker
 
 
@@ -99,25 +100,31 @@ def open_tracker(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
     if run_id is None and not check_reachable(spec):  # a launch's run was checked at launch
         return NullTracker()
     from tracking import store_template
-    from tracking.mlflow_tracker import MlflowClient, last_logged_steps
 
     store_template.seed(tracking_uri())
-    client = MlflowClient(tracking_uri())
     already = {}
     if run_id:
-        already = last_logged_steps(client, run_id)
-        client.update_run(run_id, status="RUNNING")
-        _forget_failure(client, run_id)
+        already = reopen_run(run_id)
     else:
         # No run from the launch (a script sbatch-ed by hand): create it here.
         run_id = create_job_run(spec, "JOB" if ctx.slurm.in_step else "LOCAL",
                                 tags=ctx.slurm.tags())
     tracker = attach(run_id, spec.checkpoint_dir.parent / f"mlflow-fallback-{run_id}.jsonl",
                      already)
-    _record_start(tracker, spec, ctx, resume_state, dict(derived))
-    if resume_state is not None:
-        tracker.backfill(resume_state.history)
+    record_start(tracker, spec, ctx, resume_state, dict(derived))
     return tracker
+
+
+def reopen_run(run_id: str) -> dict:
+    """A run the launch made (or an earlier attempt trained) is RUNNING again, an earlier
+    attempt's failure forgotten; {metric key: the last step it holds} (those are not logged
+    twice)."""
+    from tracking.mlflow_tracker import MlflowClient, last_logged_steps
+    client = MlflowClient(tracking_uri())
+    already = last_logged_steps(client, run_id)
+    client.update_run(run_id, status="RUNNING")
+    _forget_failure(client, run_id)
+    return already
 
 
 def open_tracker_in_background(spec: JobSpec, ctx, resume_state, derived: Mapping = (),
@@ -128,6 +135,14 @@ def open_tracker_in_background(spec: JobSpec, ctx, resume_state, derived: Mappin
     ``run_to_come``: waits for the id of the run the launcher is creating."""
     if not ctx.is_chief or not spec.tracking.enabled or not enabled:
         return NullTracker()
+    journal = os.environ.get(JOURNAL_ENV)
+    if journal:  # a local launch: its launcher ships the calls (tracking/journal.py)
+        from tracking.journal import JournalTracker
+        tracker = JournalTracker(Path(journal), run_id, run_to_come)
+        # git and the package list take a few tenths of a second: not before the first step
+        tracker.in_background(lambda: record_start(tracker, spec, ctx, resume_state,
+                                                   dict(derived)))
+        return tracker
     from tracking.deferred import DeferredTracker
 
     def open_run():
@@ -283,7 +298,9 @@ def run_params(spec: JobSpec, ctx) -> dict:
     return params
 
 
-def _record_start(tracker, spec: JobSpec, ctx, resume_state, derived: dict) -> None:
+def record_start(tracker, spec: JobSpec, ctx, resume_state, derived: dict) -> None:
+    """What a run records when its training starts: parameters, tags, the resolved spec and
+    the package list; a resumed run's checkpointed epochs its curves may lack."""
     tracker.log_params({**run_params(spec, ctx), **derived})
     tags = dict(ctx.slurm.tags())
     if resume_state is not None:
@@ -301,3 +318,7 @@ def _record_start(tracker, spec: JobSpec, ctx, resume_state, derived: dict) -> N
         script = os.environ.get("HARNESS_SBATCH_SCRIPT")
         if script and Path(script).is_file():
             tracker.log_artifact(script)
+    if resume_state is not None:  # epochs checkpointed before a crash whose metrics never left
+        for entry in resume_state.history:
+            tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"},
+                                step=entry["epoch"])

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -112,8 +112,24 @@ def launch(manifest: Manifest, index: int = 0, extra_env: Optional[dict] = None)
         run = RunOf(pending.result, manifest.tracking_uri, lambda: pending.error)
     else:
         run = RunOf(lambda: point.run_id, manifest.tracking_uri) if point.run_id else None
+    if run is not None:
+        run, journal_env = shipping_journal(manifest, index, run)
+        extra_env = {**(extra_env or {}), **journal_env}
     return run_processes(manifest.layout_of(index).processes, worker, extra_env=extra_env,
                          engine=manifest.engine, run=run)
+
+
+def shipping_journal(manifest: Manifest, index: int, run: "RunOf") -> tuple["RunOf", dict]:
+    """Rank 0 journals its tracking calls and this process ships them into the run (MLflow is
+    loaded here already; rank 0 then never imports it: tracking/journal.py).  The run to report
+    to, now settled through the shipper, and the environment that tells rank 0 where."""
+    from tracking.journal import JOURNAL_ENV
+    from tracking.shipper import JournalShipper
+    point = manifest.point(index)
+    shipper = JournalShipper.fresh(manifest.path.parent / f"journal-{index}", run.run_id, run.uri,
+                                   point.spec.checkpoint_dir.parent, resumed=bool(point.run_id))
+    shipper.start()
+    return replace(run, settle=shipper.settle), {JOURNAL_ENV: str(shipper.folder)}
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,9 @@ class RunOf:
     run_id: Callable[[], Optional[str]]
     uri: str
     error: Callable[[], Optional[BaseException]] = lambda: None
+    # Every process has exited: what rank 0 journaled reaches the run; one it never finished is
+    # marked with the status given (None: left for the launcher's own word on a failure).
+    settle: Callable[[Optional[str]], None] = lambda unfinished_status=None: None
 
 
 def run_processes(processes: int, worker: list[str], controller: str = "gloo",
@@ -196,10 +215,14 @@ class Supervisor:
         with sigterm_as_interrupt():
             try:
                 stopped_s = self._watch(procs, lines, run.error if run else lambda: None)
+                if run is not None:
+                    run.settle(None)
                 if self.report.refusal:  # held back from the relay: said once, on stderr
                     print(self.report.refusal, file=sys.stderr, flush=True)
             except KeyboardInterrupt as stop:
                 _terminate_all(procs, grace_s=INTERRUPT_GRACE_S)
+                if run is not None:
+                    run.settle("KILLED")
                 how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
                 print(f"{how}: the run is marked KILLED; resume with --resume", file=sys.stderr)
                 return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130

@@ -232,7 +232,7 @@ def report(parent, spec: JobSpec, rows: list, predictions: dict,
         util = gpu_utilisation(results[row.processes].metrics)
         print(f"N={row.processes}: step {p.compute_s * 1e3:.1f} ms compute + "
               f"{p.allreduce_s * 1e3:.1f} ms allreduce at "
-              f"{results[row.processes].metrics['comm/busbw_GBps']:.3f} GB/s bus bandwidth; "
+              f"{results[row.processes].metrics['comm/busbw_GBps']:.3g} GB/s bus bandwidth; "
               f"{comm_model.diagnose(row.efficiency, p, util, mixed_precision_pays)}", flush=True)
     for row in rows:
         parent.log_metrics(scale_metrics(row), step=row.processes)
