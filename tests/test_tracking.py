@@ -116,12 +116,14 @@ def test_outage_that_ends_in_the_final_flush_is_reported_once(tmp_path_factory):
         srv.stop()
 
 
-@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143), (1, 129)],
+                         ids=["ctrl-c", "sigterm", "sighup"])
 def test_ctrl_c_or_kill_marks_the_run_killed_stops_every_rank_and_keeps_the_checkpoint(
         workdir, pima_csv, mlflow_server, signum, code):
-    """Ctrl-C in the terminal (SIGINT) or a plain ``kill`` (SIGTERM) of ``harness run``: the run
-    is KILLED with every finished epoch's metrics, the checkpoint is kept, and horovodrun and
-    its ranks (in a session of their own, so no terminal signal reaches them) are gone too."""
+    """Ctrl-C in the terminal (SIGINT), a plain ``kill`` (SIGTERM) or the terminal closing
+    (SIGHUP) of ``harness run``: the run is KILLED with every finished epoch's metrics (shipped
+    from rank 0's journal by the launcher), the checkpoint is kept, and horovodrun and its ranks
+    (in a session of their own, so no terminal signal reaches them) are gone too."""
     import os
     import signal
     import psutil

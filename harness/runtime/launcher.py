@@ -196,7 +196,7 @@ class Supervisor:
     """The one local supervisor, for both engines: it starts the children, relays their lines
     (rank 0's as they are, others' prefixed ``[rank N]``), and when one fails stops the rest
     (SIGTERM, SIGKILL after STOP_GRACE_S: a rank blocked in a collective with a dead peer ignores
-    SIGTERM) and says in one line which rank failed first.  Ctrl-C, or SIGTERM to the
+    SIGTERM) and says in one line which rank failed first.  Ctrl-C, or SIGTERM or SIGHUP to the
     supervisor, stops them all."""
 
     def __init__(self, children: list[Child]):
@@ -223,9 +223,13 @@ class Supervisor:
                 _terminate_all(procs, grace_s=INTERRUPT_GRACE_S)
                 if run is not None:
                     run.settle("KILLED")
-                how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
-                print(f"{how}: the run is marked KILLED; resume with --resume", file=sys.stderr)
-                return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+                signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
+                how = f"terminated ({signal.Signals(signum).name})" \
+                    if signum != signal.SIGINT else "interrupted"
+                with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+                    print(f"{how}: the run is marked KILLED; resume with --resume",
+                          file=sys.stderr)
+                return 128 + signum
         if self.failed_at is None:
             return 0
         code = self.report.code if self.report.code is not None else self.failed_code
@@ -292,30 +296,40 @@ class Supervisor:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM to the supervisor, handled as Ctrl-C is."""
+    """SIGTERM or SIGHUP to the supervisor, handled as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# A plain `kill`, a machine shutting down; the terminal closing (an SSH session that drops).
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """While the children run, SIGTERM (a plain ``kill``, a machine shutting down) raises
-    Terminated in the main thread, once: the children, in sessions of their own, are stopped
-    with the run marked KILLED instead of being left running when the supervisor dies.  A second
-    SIGTERM while they are being stopped is ignored."""
+    """While the children run, SIGTERM or SIGHUP raises Terminated in the main thread, once: the
+    children, in sessions of their own, are stopped with the run marked KILLED (and what rank 0
+    journaled shipped) instead of being left running, untracked, when the supervisor dies.  A
+    second signal while they are being stopped is ignored.  (To keep a job running after the
+    terminal closes, start it with nohup or in tmux/screen, or submit it.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     seen = []
 
-    def on_sigterm(signum, frame):
+    def on_signal(signum, frame):
         if not seen:
             seen.append(signum)
-            raise Terminated()
+            raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOPPING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _pump(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
