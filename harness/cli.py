@@ -1,7 +1,8 @@
 """The ``harness`` command.  Its flag set is pinned by tests/test_cli_flags.py.
 
 Exit codes: 0 success; 2 bad input (one line on stderr, no traceback, nothing
-written); 1 a run that failed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+written); 1 a run that failed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 the
+terminal closed (SIGHUP).
 """
 from __future__ import annotations
 
@@ -184,9 +185,10 @@ def build_parser() -> OneLineParser:
     serve.add_argument("--allow-host", dest="aliases", action="append", default=[], metavar="NAME",
                        help="another name clients use for this machine (a DNS alias, an SSH "
                        "tunnel's name); its own names and addresses are allowed already")
-    imp = sub.add_parser("import", help="a fallback file's metrics into MLflow, or an SQLite "
-                         "store into PostgreSQL")
-    imp.add_argument("file", help="mlflow-fallback-*.jsonl (into MLFLOW_TRACKING_URI), or an "
+    imp = sub.add_parser("import", help="a fallback file's metrics or a launch's journal into "
+                         "MLflow, or an SQLite store into PostgreSQL")
+    imp.add_argument("file", help="mlflow-fallback-*.jsonl (into MLFLOW_TRACKING_URI), a journal "
+                     "folder (runs/<name>/launches/<digest>/journal-0: into its run), or an "
                      "SQLite store (mlflow.db: into --store postgres or --backend URI)")
     _store_args(imp)
     back = sub.add_parser("backup", help="copy the store and its artifacts while the server runs")

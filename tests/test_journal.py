@@ -143,3 +143,32 @@ def test_a_resumed_run_is_running_again_and_skips_the_steps_it_holds(tmp_path, s
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(0, 0.9), (1, 0.5)]
+
+
+def test_a_journal_whose_launcher_died_is_imported_once(tmp_path, store):
+    """The launcher was killed outright after shipping part of the journal; rank 0 went on
+    journaling.  ``harness tracking import`` ships the rest, nothing twice, and marks the run
+    KILLED (its rank 0 never finished it); a folder that is not a journal is exit 2."""
+    from conftest import run_cli
+    client, run_id = _new_run(store)
+    folder = tmp_path / "journal"
+    launcher = JournalShipper.fresh(folder, lambda: run_id, store, tmp_path, resumed=False)
+    launcher.start()
+    tracker = JournalTracker(folder, run_id)
+    for step in (0, 1):
+        tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        tracker.log_system_metrics({"system/cpu_percent": 10.0 * step}, step=step + 1)
+    launcher.settle(None)  # what it shipped before it died
+    tracker.log_metrics({"loss": 0.3}, step=2)  # rank 0 went on
+    tracker.log_system_metrics({"system/cpu_percent": 30.0}, step=3)
+
+    done = run_cli("tracking", "import", folder, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"into MLflow run {run_id}" in done.stdout and "marked KILLED" in done.stdout
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "system/cpu_percent")] == [1, 2, 3]
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    refused = run_cli("tracking", "import", tmp_path, cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "not a journal folder" in refused.stderr

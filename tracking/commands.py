@@ -54,8 +54,13 @@ def restore(args) -> int:
 def import_file(args) -> int:
     from tracking import backup as copies
     path = Path(args.file).expanduser()
+    if path.is_dir():
+        from tracking.shipper import import_journal
+        print(import_journal(path))
+        return 0
     if not path.is_file():
-        raise UserError(f"{path}: not found (give a fallback .jsonl file or an SQLite store)")
+        raise UserError(f"{path}: not found (give a fallback .jsonl file, a launch's journal "
+                        "folder or an SQLite store)")
     if copies.is_sqlite_file(path):
         if not (args.store or args.backend) or args.store == "sqlite":
             raise UserError(f"{path}: an SQLite store; say where it goes: --store postgres or "

@@ -262,10 +262,14 @@ class MlflowTracker:
 
     def log_system_metrics(self, metrics: Mapping[str, float], step: int,
                            timestamp_s: Optional[float] = None) -> None:
-        """Telemetry samples: same sender, no exactly-once filter (steps are seconds, unique);
-        stamped with the sample's own time (a window's mean: the window's end)."""
+        """Telemetry samples: same sender, stamped with the sample's own time (a window's mean:
+        the window's end).  Steps are seconds on the launch's axis, which a resumed attempt
+        continues, so a step the run already holds was shipped before (a journal imported
+        after its launcher died)."""
         now = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
         for key, value in metrics.items():
+            if step <= self.already_logged.get(key, -1):
+                continue
             self.sender.queue.put(Metric(key, float(value), now, step))
 
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:

@@ -10,14 +10,20 @@ run its rank 0 never finished (a crash, a kill) is flushed and left for the laun
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import shutil
 import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+from harness.errors import UserError
 from tracking.journal import CALLS, LOCATION, Reader
 
+RUN_FILE = "run.json"  # the run the journal goes to: what `harness tracking import` reads
+
 POLL_S = 0.2
+UNFINISHED_REASON = "stopped before rank 0 ended the run (Ctrl-C, a signal, or its launcher killed)"
 WARM_MODULES = ("tracking.report",)  # matplotlib, for the summary plots drawn at the end
 
 
@@ -30,6 +36,7 @@ class JournalShipper(threading.Thread):
         self.reader = Reader(self.folder / CALLS)
         self.tracker = None
         self.finished = False
+        self.shipped = 0  # records replayed
         self.error: Optional[BaseException] = None
         self._ending = threading.Event()
 
@@ -61,6 +68,8 @@ class JournalShipper(threading.Thread):
         from tracking.links import run_line
         from tracking.run import attach, reopen_run
         run_id = self.run_id_of()
+        (self.folder / RUN_FILE).write_text(json.dumps(
+            {"run_id": run_id, "uri": self.uri, "fallback_folder": str(self.fallback_folder)}))
         already = reopen_run(run_id) if self.resumed else {}
         tracker = attach(run_id, self.fallback_folder / f"mlflow-fallback-{run_id}.jsonl", already)
         (self.folder / LOCATION).write_text(run_line(tracker.client, self.uri, run_id))
@@ -76,6 +85,7 @@ class JournalShipper(threading.Thread):
         for name, args, kwargs in self.reader.new():
             if self.finished:
                 return
+            self.shipped += 1
             if name == "finish":
                 self.finished = True
                 self.tracker.finish(*args, flush_s=None if args[0] != "KILLED" else 10.0)
@@ -96,6 +106,30 @@ class JournalShipper(threading.Thread):
         if self.tracker is None or self.finished:
             return
         if unfinished_status:
-            self.tracker.finish(unfinished_status, "interrupted (Ctrl-C or SIGTERM)")
+            self.tracker.finish(unfinished_status, UNFINISHED_REASON)
         else:
             self.tracker.close()
+
+
+def import_journal(folder: Path) -> str:
+    """``harness tracking import JOURNAL``: a journal its launcher did not finish shipping (the
+    launcher was killed outright) replayed into its run; what the run already holds is not
+    logged twice.  A run its rank 0 never finished is marked KILLED.  The line to print."""
+    folder = Path(folder)
+    if not (folder / CALLS).is_file():
+        raise UserError(f"{folder}: not a journal folder (no {CALLS}); a local launch's journal "
+                        "is runs/<name>/launches/<digest>/journal-<index>")
+    if not (folder / RUN_FILE).is_file():
+        raise UserError(f"{folder}: its launcher never opened the run, so there is no run to "
+                        "import into; train again with --resume")
+    run = json.loads((folder / RUN_FILE).read_text())
+    os.environ["MLFLOW_TRACKING_URI"] = run["uri"]
+    shipper = JournalShipper(folder, lambda: run["run_id"], run["uri"],
+                             Path(run["fallback_folder"]), resumed=True)
+    shipper.start()
+    shipper.settle("KILLED")
+    if shipper.error is not None:
+        raise shipper.error
+    ended = "its end included" if shipper.finished else "rank 0 never finished it: marked KILLED"
+    return f"imported {shipper.shipped} journaled calls into MLflow run {run['run_id']} at " \
+           f"{run['uri']} ({ended})"
