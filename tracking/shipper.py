@@ -21,7 +21,6 @@ from harness.errors import UserError
 from tracking.journal import CALLS, LOCATION, Reader
 
 RUN_FILE = "run.json"  # the run the journal goes to: what `harness tracking import` reads
-
 POLL_S = 0.2
 UNFINISHED_REASON = "stopped before rank 0 ended the run (Ctrl-C, a signal, or its launcher killed)"
 WARM_MODULES = ("tracking.report",)  # matplotlib, for the summary plots drawn at the end
@@ -55,7 +54,8 @@ class JournalShipper(threading.Thread):
             (self.folder / LOCATION).write_text("")  # rank 0 does not wait for a link
             if self._run_created():
                 print(f"tracking: could not open the run ({type(e).__name__}: {e}); what "
-                      f"rank 0 records stays in {self.folder}", flush=True)
+                      f"rank 0 records stays in {self.folder}: send it later with "
+                      f"harness tracking import {self.folder}", flush=True)
             return
         for module in WARM_MODULES:
             importlib.import_module(module)
