@@ -100,6 +100,7 @@ def test_every_call_reaches_the_run_in_order_with_its_own_time(tmp_path, store):
     assert [a.path for a in client.list_artifacts(run_id)] == ["spec.resolved.yaml"]
     [given] = run.inputs.dataset_inputs
     assert given.dataset.name == "x-train" and '"features_shape": [5, 2]' in given.dataset.profile
+    assert not (folder / "files").exists()  # uploaded: the journal's copies are gone
 
 
 @pytest.mark.parametrize("status", [None, "KILLED"])

@@ -230,6 +230,7 @@ class MlflowTracker:
         self._location = ""
         self.finished = False
         self.closed = False
+        self.files_not_uploaded: list[str] = []
 
     @property
     def location(self) -> str:
@@ -276,6 +277,7 @@ class MlflowTracker:
         try:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
         except Exception as e:
+            self.files_not_uploaded.append(str(path))
             print(f"tracking: could not upload {path} ({type(e).__name__}); it stays on disk",
                   flush=True)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from harness.errors import UserError
-from tracking.journal import CALLS, LOCATION, Reader
+from tracking.journal import CALLS, FILES, LOCATION, Reader
 
 RUN_FILE = "run.json"  # the run the journal goes to: what `harness tracking import` reads
 POLL_S = 0.2
@@ -98,12 +98,21 @@ class JournalShipper(threading.Thread):
         except Exception as e:  # one call that fails must not stop the rest reaching the run
             print(f"tracking: {name} failed ({type(e).__name__}: {e})", flush=True)
 
+    def _drop_uploaded_files(self) -> None:
+        """A run that ended with every file uploaded needs no second copy of them (the model
+        is saved into the journal); one that did not keeps them, as its lines say."""
+        if not self.tracker.files_not_uploaded:
+            shutil.rmtree(self.folder / FILES, ignore_errors=True)
+
     def settle(self, unfinished_status: Optional[str] = None) -> None:
         """Every rank has exited: ship the rest.  A run rank 0 did not finish is flushed, and
         marked ``unfinished_status`` when given (the launcher marks a failure itself)."""
         self._ending.set()
         self.join()
-        if self.tracker is None or self.finished:
+        if self.tracker is None:
+            return
+        if self.finished:
+            self._drop_uploaded_files()
             return
         if unfinished_status:
             self.tracker.finish(unfinished_status, UNFINISHED_REASON)
