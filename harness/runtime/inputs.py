@@ -261,8 +261,8 @@ class InputWait:
 
         def passed_on(*batch):
             # numpy_function, not py_function: no eager tensors made and no eager context
-            # entered, 0.05 ms a step instead of 0.2-0.35 ms (measured on the lens CNN's input,
-            # docs/benchmarks.md), on every step's critical path
+            # entered, about 0.1 ms a step instead of 0.2 ms, on every step's critical path
+            # (benches/input_stamp.py, on the lens CNN's input; docs/benchmarks.md)
             token = tf.numpy_function(delivered, [], tf.int64, stateful=True)
             with tf.control_dependencies([token]):
                 return tuple(tf.identity(t) for t in batch)
