@@ -255,11 +255,7 @@ class MlflowTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int,
                     timestamp_s: Optional[float] = None) -> None:
         """Queued for the sender, stamped now (or at ``timestamp_s``: a journaled call)."""
-        now = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
-        for key, value in metrics.items():
-            if step <= self.already_logged.get(key, -1):
-                continue  # logged before a crash or preemption: each step appears once
-            self.sender.queue.put(Metric(key, float(value), now, step))
+        self._queue(metrics, step, timestamp_s)
 
     def log_system_metrics(self, metrics: Mapping[str, float], step: int,
                            timestamp_s: Optional[float] = None) -> None:
@@ -267,10 +263,13 @@ class MlflowTracker:
         the window's end).  Steps are seconds on the launch's axis, which a resumed attempt
         continues, so a step the run already holds was shipped before (a journal imported
         after its launcher died)."""
+        self._queue(metrics, step, timestamp_s)
+
+    def _queue(self, metrics: Mapping[str, float], step: int, timestamp_s: Optional[float]):
         now = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
         for key, value in metrics.items():
             if step <= self.already_logged.get(key, -1):
-                continue
+                continue  # logged before a crash, a preemption or a dead launcher: once each
             self.sender.queue.put(Metric(key, float(value), now, step))
 
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from harness.errors import UserError
+from tracking.deferred import WARM_MODULES  # the plotting code, for the summary drawn here
 from tracking.journal import CALLS, FILES, LOCATION, Reader
 
 RUN_FILE = "run.json"  # the run the journal goes to: what `harness tracking import` reads
 POLL_S = 0.2
 UNFINISHED_REASON = "stopped before rank 0 ended the run (Ctrl-C, a signal, or its launcher killed)"
-WARM_MODULES = ("tracking.report",)  # matplotlib, for the summary plots drawn at the end
 
 
 class JournalShipper(threading.Thread):
