@@ -174,6 +174,18 @@ def test_the_tf_engine_refuses_compiled_steps_on_two_processes_before_anything_s
     assert done.stderr.startswith("error: training.steps_per_execution=4, training.jit_compile="
                                   "false: the tf engine cannot run them on 2 processes")
     assert not (workdir / "mlflow.db").exists() and not (workdir / "runs").exists()
+    # A sweep point or a scaling size the engine cannot run is refused before any run opens.
+    sweep = run_cli("sweep", DIABETES, "--local", "--np", "2", "--set", "training.engine=tf",
+                    "--grid", "training.steps_per_execution=1,4", cwd=workdir)
+    assert sweep.returncode == 2, sweep.stderr
+    assert re.match(r"error: point 1 \(\S+\): training\.steps_per_execution=4, .*cannot run "
+                    r"them on 2 processes", sweep.stderr), sweep.stderr
+    scale = run_cli("scale", DIABETES, "--local", "--gpus", "1,2", "--set", "training.engine=tf",
+                    "--set", "training.jit_compile=true", cwd=workdir)
+    assert scale.returncode == 2, scale.stderr
+    assert scale.stderr.startswith("error: training.steps_per_execution=1, training.jit_compile="
+                                   "true: the tf engine cannot run them on 2 processes"), scale.stderr
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "runs").exists()
     bad = run_cli("run", DIABETES, "--profile-steps", "9:3", cwd=workdir)
     assert bad.returncode == 2 and "profile_steps='9:3': use A:B" in bad.stderr, bad.stderr
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from harness.engines import check_compiled_steps
 from harness.scaling import comm_model
 from harness.scaling import stats as scaling
 from harness.errors import RunFailed, UserError
@@ -262,6 +263,8 @@ def sweep(plan: SweepPlan) -> int:
     from tracking.runs import RunStore
     spec = load_spec(plan.spec_path, plan.overrides)
     layouts = size_layouts(plan, spec)  # a size that does not fit fails before anything runs
+    t = spec.training
+    check_compiled_steps(t.engine, t.steps_per_execution, t.jit_compile, max(plan.sizes))
     if plan.predict:
         check_prediction_inputs(plan, spec)
     check_reachable(spec)

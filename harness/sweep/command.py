@@ -5,6 +5,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
+from harness.engines import check_compiled_steps
 from harness.errors import UserError
 from harness.sweep import objective as ranking
 from harness.sweep import plan as planning
@@ -39,7 +40,20 @@ def sweep(req: SweepRequest) -> int:
     objective = ranking.parse(req.objective)
     space = search.build_space(req.grid, req.ranges, req.random_points, req.seed)
     plan = planning.plan_sweep(req.spec_path, req.overrides, space, objective)  # or exit 2
+    refuse_compiled_steps(req, plan)
     return run_locally(req, plan) if req.local else submit_array(req, plan)
+
+
+def refuse_compiled_steps(req: SweepRequest, plan: planning.Plan) -> None:
+    """What a point's engine cannot run on its processes, refused before any run exists (the
+    worker would refuse it too, but only after the parent and children were opened)."""
+    for p in plan.points:
+        t, r = p.spec.training, p.spec.resources
+        processes = req.processes if req.local else r.nodes * r.gpus_per_node
+        try:
+            check_compiled_steps(t.engine, t.steps_per_execution, t.jit_compile, processes)
+        except UserError as e:
+            raise UserError(f"point {p.index} ({p.name}): {e}") from None
 
 
 def run_locally(req: SweepRequest, plan: planning.Plan) -> int:
