@@ -168,12 +168,18 @@ def test_ctrl_c_or_kill_marks_the_run_killed_stops_every_rank_and_keeps_the_chec
     assert (workdir / "runs" / "diabetes_mlp" / "checkpoints" / "latest.json").exists()
 
 
-def test_tracking_serve_prints_the_uri_and_answers(tmp_path):
+def test_tracking_serve_prints_the_uri_answers_and_stops_even_a_hung_server(tmp_path):
+    """The served store answers; SIGTERM to `harness tracking serve` stops it even when its
+    server cannot finish (here frozen with SIGSTOP, as a worker stuck in a request never
+    returns): after the grace period every process of it is killed and the port is free."""
     import os
     import signal
+    import socket
+    import psutil
     from tracking.server import free_port, wait_ready
     port = free_port()
-    env = {**os.environ, "HARNESS_TRACKING_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "HARNESS_TRACKING_HOME": str(tmp_path / "home"),
+           "HARNESS_SERVER_STOP_GRACE_S": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "tracking", "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
@@ -183,9 +189,24 @@ def test_tracking_serve_prints_the_uri_and_answers(tmp_path):
         wait_ready(f"http://127.0.0.1:{port}", proc)  # /health, without the client's backoff
         MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
         assert (tmp_path / "home" / "mlflow.db").exists()
+
+        server = psutil.Process(proc.pid).children(recursive=True)
+        assert server, "no server process under harness tracking serve"
+        for p in server:
+            p.suspend()  # SIGSTOP: it cannot act on SIGTERM until killed
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)  # bounds a failure only: the outcome is fixed
+        assert proc.returncode == 1, rest
+        assert "process(es) still running 2 s after SIGTERM; killed" in rest, rest
+        assert "Traceback" not in rest, rest
+        assert not [p for p in server if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))  # nothing holds the port any more
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_every_tracker_implements_the_one_interface():

@@ -193,9 +193,60 @@ def _serve(backend: str, kind: str, host: str, port: int, artifacts: Optional[st
           flush=True)
     proc = start(backend, host, port, artifact_dir, auth, own_session=False, aliases=list(aliases),
                  workers=workers, auth_config=auth_config)
-    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # stop the server with us
+    signal.signal(signal.SIGTERM, _asked_to_stop)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+    except (KeyboardInterrupt, StopAsked):
+        return stop(proc)
+
+
+class StopAsked(Exception):
+    """SIGTERM reached ``harness tracking serve`` (systemd, a plain kill, scancel)."""
+
+
+def _asked_to_stop(*_) -> None:
+    raise StopAsked
+
+
+# How long a server may take to finish its requests after SIGTERM.  A worker stuck in one (a
+# slow query, a client that stopped reading) would otherwise hold the serve command, and the
+# PostgreSQL cluster it stops after the server, forever.
+STOP_GRACE_S = float(os.environ.get("HARNESS_SERVER_STOP_GRACE_S", "30"))
+
+
+def stop(proc: subprocess.Popen, grace_s: float = None) -> int:
+    """SIGTERM the server; whatever of it is still there after ``grace_s`` (the server, or a
+    worker it left behind holding the port), SIGKILL.  Its exit code, or 1 when something of it
+    had to be killed."""
+    import psutil
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    proc.terminate()
+    try:
+        code = proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        code = None
+    left = [p for p in tree if _still_running(p)]
+    if not left:
+        return code
+    print(f"tracking server: {len(left)} process(es) still running {grace_s:.0f} s after "
+          "SIGTERM; killed", file=sys.stderr, flush=True)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    proc.wait()
+    return 1
+
+
+def _still_running(process) -> bool:
+    import psutil
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
