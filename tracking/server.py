@@ -197,6 +197,8 @@ def _serve(backend: str, kind: str, host: str, port: int, artifacts: Optional[st
     try:
         return proc.wait()
     except (KeyboardInterrupt, StopAsked):
+        # A second SIGTERM must not cut the stop short (and the store's PostgreSQL after it).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return stop(proc)
 
 
