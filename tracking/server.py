@@ -226,12 +226,16 @@ def stop(proc: subprocess.Popen, grace_s: float = None) -> int:
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         tree = []
+    deadline = time.monotonic() + grace_s
     proc.terminate()
     try:
         code = proc.wait(grace_s)
     except subprocess.TimeoutExpired:
         code = None
-    left = [p for p in tree if _still_running(p)]
+    # Workers the server left behind get what is left of the grace to exit on their own.
+    _, left = psutil.wait_procs([p for p in tree if _still_running(p)],
+                                timeout=max(0.0, deadline - time.monotonic()))
+    left = [p for p in left if _still_running(p)]
     if not left:
         return code
     print(f"tracking server: {len(left)} process(es) still running {grace_s:.0f} s after "
